@@ -1,0 +1,1 @@
+"""Reading studies, assignments, contour versions and visual assessments live here."""

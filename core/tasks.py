@@ -1,0 +1,37 @@
+"""The house task decorator: every Celery task in the project is declared through ``task``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import shared_task  # noqa: TID251 - the one place allowed to use it
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUEUES = ("default", "cpu", "gpu")
+
+
+class TransientError(Exception):
+    """A failure worth retrying (a busy database, a lost broker connection)."""
+
+
+def task(*, queue: str = "default", soft_time_limit: int = 3600, max_retries: int = 3) -> Callable[[F], F]:
+    """Declare a task: late acks, a queue, time limits and retries with backoff on TransientError."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
+
+    def decorate(func: F) -> F:
+        return shared_task(  # type: ignore[no-any-return]
+            acks_late=True,
+            reject_on_worker_lost=True,
+            queue=queue,
+            soft_time_limit=soft_time_limit,
+            time_limit=soft_time_limit + 60,
+            autoretry_for=(TransientError,),
+            retry_backoff=True,
+            retry_backoff_max=600,
+            max_retries=max_retries,
+        )(func)
+
+    return decorate

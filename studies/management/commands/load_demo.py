@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from core.models import Membership, Project, Role, User
+from studies.models import Patient, PatientIdentity
+from studies.services.ingest import ingest_paths
+from studies.services.pft import import_pft_csv
+
+DEMO_PASSWORD = "ild-demo-2026"
+DEMO_USERS = (
+    ("admin", Role.ADMIN),
+    ("coordinator", Role.COORDINATOR),
+    ("reader-a", Role.RADIOLOGIST),
+    ("reader-b", Role.RADIOLOGIST),
+    ("clinician", Role.CLINICIAN),
+)
+
+
+class Command(BaseCommand):
+    help = "Generate the synthetic demo cohort (phantom CTs + PFTs), import it, create demo users."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--patients", type=int, default=10)
+        parser.add_argument("--seed", type=int, default=2020)
+        parser.add_argument("--shape-kji", type=int, nargs=3, default=None)
+        parser.add_argument("--out", type=Path, default=None)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from inference.phantoms import write_cohort
+
+        project, _ = Project.objects.get_or_create(slug="demo", defaults={"name": "Demo SSc cohort"})
+        for username, role in DEMO_USERS:
+            user, created = User.objects.get_or_create(username=username, defaults={"role": role})
+            if created:
+                user.set_password(DEMO_PASSWORD)
+                user.is_staff = user.is_superuser = role == Role.ADMIN
+                user.save()
+            Membership.objects.get_or_create(user=user, project=project)
+
+        out: Path = options["out"] or Path(settings.VAR_DIR) / "demo-cohort"
+        manifest_path = out / "cohort.json"
+        if not manifest_path.exists():
+            self.stdout.write(f"generating {options['patients']} phantom patients in {out} ...")
+            kwargs: dict[str, Any] = {"patients": options["patients"], "seed": options["seed"]}
+            if options["shape_kji"]:
+                kwargs["shape_kji"] = tuple(options["shape_kji"])
+            manifest_path = write_cohort(out, **kwargs)
+        manifest = json.loads(manifest_path.read_text())
+
+        report = ingest_paths([out], project=project, deidentify=True)
+        self.stdout.write(
+            f"CT instances: stored {report.stored}, already there {report.duplicate}, "
+            f"rejected {report.rejected}"
+        )
+        with transaction.atomic():
+            for entry in manifest["patients"]:
+                identity = PatientIdentity.objects.filter(original_patient_id=entry["patient_id"]).first()
+                if identity is not None and entry.get("cohort"):
+                    Patient.objects.filter(pk=identity.patient_id).update(cohort=entry["cohort"])
+        pft_report = import_pft_csv((out / "pft.csv").read_text())
+        self.stdout.write(f"PFTs: created {pft_report.created}, updated {pft_report.updated}")
+        self.stdout.write(f"demo users {', '.join(u for u, _ in DEMO_USERS)}; password {DEMO_PASSWORD}")

@@ -1,0 +1,432 @@
+"""The one ingest service behind ``import_dicom``, the upload API and STOW-RS.
+
+Each file is validated, optionally de-identified, written beside its final place, indexed in one
+transaction and only then renamed into place: a file is either fully stored and indexed or not at
+all. The report says, per file, stored / duplicate / rejected and why.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from core.models import Project
+from studies.archive import expand_inputs
+from studies.deidentify import Deidentifier
+from studies.models import (
+    CT_IMAGE_STORAGE,
+    Instance,
+    Patient,
+    PatientIdentity,
+    Series,
+    Study,
+    UidMapping,
+)
+from studies.services import storage
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["stored", "duplicate", "rejected"]
+
+# Without these a slice cannot be placed in a series or in space.
+REQUIRED_ATTRIBUTES = (
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+    ("Rows", "(0028,0010)"),
+    ("Columns", "(0028,0011)"),
+    ("BitsAllocated", "(0028,0100)"),
+    ("PixelRepresentation", "(0028,0103)"),
+    ("ImagePositionPatient", "(0020,0032)"),
+    ("ImageOrientationPatient", "(0020,0037)"),
+    ("PixelSpacing", "(0028,0030)"),
+)
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+class RejectedFile(Exception):
+    """The file cannot be stored; the message says what is wrong with it."""
+
+
+@dataclass
+class FileOutcome:
+    name: str
+    status: Status
+    reason: str = ""
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+        }
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def stored(self) -> int:
+        return self.count("stored")
+
+    @property
+    def duplicate(self) -> int:
+        return self.count("duplicate")
+
+    @property
+    def rejected(self) -> int:
+        return self.count("rejected")
+
+    @property
+    def series_uids(self) -> list[str]:
+        return sorted({o.series_instance_uid for o in self.outcomes if o.status != "rejected"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stored": self.stored,
+            "duplicate": self.duplicate,
+            "rejected": self.rejected,
+            "series": self.series_uids,
+            "files": [o.to_dict() for o in self.outcomes],
+        }
+
+
+def make_deidentifier() -> Deidentifier:
+    return Deidentifier(secret=str(settings.DEIDENTIFICATION_SECRET).encode())
+
+
+def ingest_paths(
+    paths: Iterable[str | Path], *, project: Project, deidentify: bool = True
+) -> IngestReport:
+    """Ingest files, folders (recursively) and .zip archives."""
+    report = IngestReport()
+    deidentifier = make_deidentifier() if deidentify else None
+    for item in expand_inputs([Path(p) for p in paths]):
+        if item.error:
+            report.outcomes.append(FileOutcome(item.display_name, "rejected", item.error))
+            continue
+        try:
+            with item.open() as handle:
+                data = handle.read()
+        except Exception as exc:  # an unreadable member must not stop the others
+            report.outcomes.append(FileOutcome(item.display_name, "rejected", f"unreadable: {exc}"))
+            continue
+        report.outcomes.append(
+            ingest_bytes(item.display_name, data, project=project, deidentifier=deidentifier)
+        )
+    refresh_series_geometry(report.series_uids)
+    return report
+
+
+def ingest_datasets_bytes(
+    items: Iterable[tuple[str, bytes]], *, project: Project, deidentify: bool = True
+) -> IngestReport:
+    """Ingest in-memory files (upload API, STOW-RS)."""
+    report = IngestReport()
+    deidentifier = make_deidentifier() if deidentify else None
+    for name, data in items:
+        report.outcomes.append(ingest_bytes(name, data, project=project, deidentifier=deidentifier))
+    refresh_series_geometry(report.series_uids)
+    return report
+
+
+def ingest_bytes(
+    name: str, data: bytes, *, project: Project, deidentifier: Deidentifier | None
+) -> FileOutcome:
+    try:
+        dataset = parse_ct_instance(data)
+        identity: Any = None
+        if deidentifier is not None:
+            result = deidentifier.apply(dataset)
+            dataset, identity = result.dataset, result
+            data = encode(dataset)
+        return store_instance(name, dataset, data, project=project, identity=identity)
+    except RejectedFile as exc:
+        return FileOutcome(name, "rejected", str(exc))
+
+
+def parse_ct_instance(data: bytes) -> Dataset:
+    """Read and validate one file; raise RejectedFile with a reason that says what to fix."""
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        raise RejectedFile("not a DICOM file: no 'DICM' preamble (DICOM PS3.10 file expected)") from None
+    except Exception as exc:
+        raise RejectedFile(f"malformed DICOM: {exc}") from None
+
+    meta = getattr(dataset, "file_meta", Dataset())
+    # Some exporters leave the dataset's SOP UIDs empty but fill the file meta header.
+    if not dataset.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+        dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    if not dataset.get("SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+        dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    if sop_class != CT_IMAGE_STORAGE:
+        described = pydicom.uid.UID(sop_class).name if sop_class else "missing"
+        raise RejectedFile(
+            f"SOP class {sop_class or '(none)'} ({described}) is not CT Image Storage "
+            f"({CT_IMAGE_STORAGE}); only axial CT images are accepted"
+        )
+    if not dataset.get("SOPInstanceUID"):
+        raise RejectedFile("missing SOPInstanceUID (0008,0018)")
+    missing = [f"{kw} {tag}" for kw, tag in REQUIRED_ATTRIBUTES if dataset.get(kw) in (None, "")]
+    if missing:
+        raise RejectedFile(
+            "missing required attributes: " + ", ".join(missing) + "; re-export the series with full headers"
+        )
+    if "PixelData" not in dataset:
+        raise RejectedFile("no Pixel Data (7FE0,0010)")
+    if not dataset.get("Modality"):
+        dataset.Modality = "CT"  # implied by the SOP class
+    elif dataset.Modality != "CT":
+        raise RejectedFile(f"Modality is {dataset.Modality!r} but the SOP class is CT Image Storage")
+    syntax = str(meta.get("TransferSyntaxUID", ""))
+    if syntax in NATIVE_SYNTAXES:
+        expected = (
+            int(dataset.Rows)
+            * int(dataset.Columns)
+            * int(dataset.get("NumberOfFrames", 1) or 1)
+            * int(dataset.get("SamplesPerPixel", 1))
+            * (int(dataset.BitsAllocated) // 8)
+        )
+        actual = len(dataset.PixelData)
+        if actual < expected:
+            raise RejectedFile(f"truncated Pixel Data: {actual} bytes, {expected} expected")
+    return dataset
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _text(dataset: Dataset, keyword: str, limit: int = 200) -> str:
+    value = dataset.get(keyword)
+    return "" if value is None else str(value)[:limit]
+
+
+def _date(value: Any) -> date | None:
+    text = str(value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _floats(value: Any) -> list[float] | None:
+    if value is None or value == "":
+        return None
+    return [float(v) for v in value]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def patient_id_of(dataset: Dataset) -> str:
+    patient_id = _text(dataset, "PatientID", 64).strip()
+    if patient_id:
+        return patient_id
+    # Anonymised exports often carry no PatientID: one anonymous patient per study.
+    return "ANON-" + storage.sha256_hex(str(dataset.StudyInstanceUID).encode())[:12].upper()
+
+
+def store_instance(
+    name: str, dataset: Dataset, data: bytes, *, project: Project, identity: Any
+) -> FileOutcome:
+    study_uid = str(dataset.StudyInstanceUID)
+    series_uid = str(dataset.SeriesInstanceUID)
+    sop_uid = str(dataset.SOPInstanceUID)
+    digest = storage.sha256_hex(data)
+    relpath = storage.instance_relpath(study_uid, series_uid, sop_uid)
+
+    existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
+    if existing is not None:
+        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid)
+
+    temp = storage.write_temp_beside(relpath, data)
+    final = storage.absolute(relpath)
+    renamed = False
+    try:
+        with transaction.atomic():
+            series = _index_hierarchy(dataset, project=project, identity=identity)
+            Instance.objects.create(
+                series=series,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=str(dataset.SOPClassUID),
+                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                instance_number=_int(dataset.get("InstanceNumber")),
+                rows=int(dataset.Rows),
+                columns=int(dataset.Columns),
+                number_of_frames=_int(dataset.get("NumberOfFrames")) or 1,
+                image_position_patient=_floats(dataset.get("ImagePositionPatient")),
+                image_orientation_patient=_floats(dataset.get("ImageOrientationPatient")),
+                pixel_spacing=_floats(dataset.get("PixelSpacing")),
+                file=relpath,
+                size_bytes=len(data),
+                sha256=digest,
+            )
+            if identity is not None:
+                _record_uid_mapping(identity, series.study.patient)
+            temp.replace(final)
+            renamed = True
+    except RejectedFile as exc:
+        temp.unlink(missing_ok=True)
+        return FileOutcome(name, "rejected", str(exc), sop_uid, series_uid)
+    except IntegrityError:
+        # Another writer stored the same SOP Instance UID between our check and our insert.
+        if renamed:
+            final.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+        existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
+        if existing is None:
+            raise
+        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid)
+    except BaseException:
+        if renamed:
+            final.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+        raise
+    return FileOutcome(name, "stored", "", sop_uid, series_uid)
+
+
+def _duplicate_or_conflict(
+    name: str, stored_digest: str, digest: str, sop_uid: str, series_uid: str
+) -> FileOutcome:
+    if stored_digest == digest:
+        return FileOutcome(name, "duplicate", "identical instance already stored", sop_uid, series_uid)
+    return FileOutcome(
+        name,
+        "rejected",
+        f"a different file is already stored under SOPInstanceUID {sop_uid}; "
+        "the stored instance was kept (send a new SOPInstanceUID for a corrected image)",
+        sop_uid,
+        series_uid,
+    )
+
+
+def _index_hierarchy(dataset: Dataset, *, project: Project, identity: Any) -> Series:
+    patient_id = patient_id_of(dataset)
+    patient, created = Patient.objects.get_or_create(
+        patient_id=patient_id,
+        defaults={
+            "project": project,
+            "patient_name": _text(dataset, "PatientName"),
+            "sex": _text(dataset, "PatientSex", 1),
+            "birth_date": _date(dataset.get("PatientBirthDate")),
+            "deidentified": identity is not None,
+        },
+    )
+    if patient.project_id != project.pk:
+        raise RejectedFile(
+            f"patient {patient_id} belongs to project '{patient.project.slug}', not '{project.slug}'; "
+            "import into that project"
+        )
+    if identity is not None and created:
+        PatientIdentity.objects.create(
+            patient=patient,
+            original_patient_id=identity.original_patient_id,
+            original_patient_name=identity.original_patient_name,
+            original_birth_date=_date(identity.original_birth_date),
+            date_shift_days=identity.date_shift_days,
+        )
+
+    study_uid = str(dataset.StudyInstanceUID)
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=study_uid,
+        defaults={
+            "patient": patient,
+            "study_date": _date(dataset.get("StudyDate")),
+            "study_time": _text(dataset, "StudyTime", 16),
+            "accession_number": _text(dataset, "AccessionNumber", 64),
+            "study_id": _text(dataset, "StudyID", 16),
+            "description": _text(dataset, "StudyDescription"),
+            "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
+        },
+    )
+    if study.patient_id != patient.pk:
+        raise RejectedFile(f"StudyInstanceUID {study_uid} is already stored for another patient")
+
+    series_uid = str(dataset.SeriesInstanceUID)
+    series, _ = Series.objects.get_or_create(
+        series_instance_uid=series_uid,
+        defaults={
+            "study": study,
+            "modality": _text(dataset, "Modality", 16),
+            "series_number": _int(dataset.get("SeriesNumber")),
+            "description": _text(dataset, "SeriesDescription"),
+            "frame_of_reference_uid": _text(dataset, "FrameOfReferenceUID", 64),
+            "body_part_examined": _text(dataset, "BodyPartExamined", 64),
+            "convolution_kernel": _text(dataset, "ConvolutionKernel", 64),
+        },
+    )
+    if series.study_id != study.pk:
+        raise RejectedFile(f"SeriesInstanceUID {series_uid} is already stored under another study")
+    return series
+
+
+def _record_uid_mapping(identity: Any, patient: Patient) -> None:
+    for level, pairs in (
+        (UidMapping.Level.STUDY, identity.study_uids),
+        (UidMapping.Level.SERIES, identity.series_uids),
+        (UidMapping.Level.INSTANCE, identity.sop_instance_uids),
+    ):
+        for original, stored in pairs.items():
+            UidMapping.objects.get_or_create(
+                original_uid=original,
+                defaults={"stored_uid": stored, "level": level, "patient": patient},
+            )
+
+
+def refresh_series_geometry(series_uids: Iterable[str]) -> None:
+    """Recompute each series' geometry summary from the indexed headers (no file reads)."""
+    from inference.dicom.series import summarize_geometry
+
+    for series in Series.objects.filter(series_instance_uid__in=list(series_uids)):
+        headers = []
+        for row in series.instances.all().only(
+            "rows", "columns", "image_position_patient", "image_orientation_patient", "pixel_spacing",
+            "instance_number", "sop_instance_uid",
+        ):
+            header = Dataset()
+            header.SOPInstanceUID = row.sop_instance_uid
+            header.Rows = row.rows
+            header.Columns = row.columns
+            if row.instance_number is not None:
+                header.InstanceNumber = row.instance_number
+            if row.image_position_patient:
+                header.ImagePositionPatient = row.image_position_patient
+            if row.image_orientation_patient:
+                header.ImageOrientationPatient = row.image_orientation_patient
+            if row.pixel_spacing:
+                header.PixelSpacing = row.pixel_spacing
+            headers.append(header)
+        try:
+            geometry = summarize_geometry(headers).to_dict()
+        except Exception as exc:
+            geometry = {"n_slices": len(headers), "problems": [str(exc)]}
+        Series.objects.filter(pk=series.pk).update(geometry=geometry)

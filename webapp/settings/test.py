@@ -1,0 +1,13 @@
+"""Test overrides only; DATABASE_URL and CELERY_BROKER_URL still come from the environment."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from webapp.settings.base import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGE_ROOT = Path(tempfile.mkdtemp(prefix="ild-test-storage-"))
+CELERY_TASK_ALWAYS_EAGER = True
+DEIDENTIFICATION_SECRET = "test-deidentification-secret"
