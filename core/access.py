@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 
 def is_site_admin(user: User | AnonymousUser) -> bool:
-    return bool(user.is_authenticated and (user.is_superuser or getattr(user, "role", None) == Role.ADMIN))
+    return bool(
+        user.is_authenticated and (user.is_superuser or getattr(user, "role", None) == Role.ADMIN)
+    )
 
 
 def projects_for(user: User | AnonymousUser) -> QuerySet[Project]:
@@ -27,4 +29,6 @@ def projects_for(user: User | AnonymousUser) -> QuerySet[Project]:
 
 
 def has_role(user: User | AnonymousUser, *roles: str) -> bool:
-    return bool(user.is_authenticated and (is_site_admin(user) or getattr(user, "role", None) in roles))
+    return bool(
+        user.is_authenticated and (is_site_admin(user) or getattr(user, "role", None) in roles)
+    )

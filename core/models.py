@@ -31,6 +31,12 @@ class User(AbstractUser):
     def is_site_admin(self) -> bool:
         return self.is_superuser or self.role == Role.ADMIN
 
+    def save(self, *args: object, **kwargs: object) -> None:
+        # Site admins use the admin pages; nobody else needs them.
+        if self.role == Role.ADMIN:
+            self.is_staff = True
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
 
 class Project(BaseModel):
     """A group of patients (a cohort, a trial, a reading programme) and the people who may see it."""
@@ -38,7 +44,9 @@ class Project(BaseModel):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    members = models.ManyToManyField(User, through="Membership", related_name="projects")
+    members = models.ManyToManyField(  # type: ignore[var-annotated]
+        User, through="Membership", related_name="projects"
+    )
 
     class Meta:
         ordering = ["name"]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from celery import shared_task  # noqa: TID251 - the one place allowed to use it
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 QUEUES = ("default", "cpu", "gpu")
 
@@ -16,13 +14,15 @@ class TransientError(Exception):
     """A failure worth retrying (a busy database, a lost broker connection)."""
 
 
-def task(*, queue: str = "default", soft_time_limit: int = 3600, max_retries: int = 3) -> Callable[[F], F]:
+def task(
+    *, queue: str = "default", soft_time_limit: int = 3600, max_retries: int = 3
+) -> Callable[[Callable[..., Any]], Any]:
     """Declare a task: late acks, a queue, time limits and retries with backoff on TransientError."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
 
-    def decorate(func: F) -> F:
-        return shared_task(  # type: ignore[no-any-return]
+    def decorate(func: Callable[..., Any]) -> Any:
+        return shared_task(
             acks_late=True,
             reject_on_worker_lost=True,
             queue=queue,

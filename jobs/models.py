@@ -20,7 +20,9 @@ class Job(BaseModel):
         VOLUME_CHECK = "volume_check", "Build and check the CT volume"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
     series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="jobs", null=True)
     params = models.JSONField(default=dict, blank=True)
     # The key under which outputs are stored; a rerun overwrites them, never duplicates.

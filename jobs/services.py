@@ -48,7 +48,9 @@ def claim(job_pk: str) -> Job | None:
     return job
 
 
-def succeed(job: Job, *, result: dict[str, Any], engine: str = "", engine_version: str = "") -> None:
+def succeed(
+    job: Job, *, result: dict[str, Any], engine: str = "", engine_version: str = ""
+) -> None:
     Job.objects.filter(pk=job.pk).update(
         status=Job.Status.SUCCEEDED,
         result=result,

@@ -23,5 +23,5 @@ def check_series_volume(job: Job) -> dict[str, Any]:
         "origin_lps_mm": list(volume.origin_lps_mm),
         "hu_min": float(np.min(array)),
         "hu_max": float(np.max(array)),
-        "hu_median": float(np.median(array)),
+        "hu_median": float(np.median(array.astype(np.float32))),
     }

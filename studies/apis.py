@@ -88,9 +88,7 @@ def study_payload(study: Any) -> dict[str, Any]:
         "study_date": study.study_date,
         "accession_number": study.accession_number,
         "description": study.description,
-        "series": SeriesOutputSerializer(
-            selectors.series_for_study(study), many=True
-        ).data,
+        "series": SeriesOutputSerializer(selectors.series_for_study(study), many=True).data,
         "closest_pft": PftOutputSerializer(pft).data if pft else None,
     }
 
@@ -170,7 +168,9 @@ class StudyListApi(APIView):
 
 class StudyDetailApi(APIView):
     def get(self, request: Request, study_instance_uid: str) -> Response:
-        study = get_object_or_404(selectors.studies_for(request.user), study_instance_uid=study_instance_uid)
+        study = get_object_or_404(
+            selectors.studies_for(request.user), study_instance_uid=study_instance_uid
+        )
         return Response(study_payload(study))
 
 
@@ -203,7 +203,7 @@ class UploadApi(APIView):
         report = ingest_datasets_bytes(
             items, project=project, deidentify=form.validated_data["deidentify"]
         )
-        code = status.HTTP_201_CREATED if report.stored else status.HTTP_200_OK
+        code: int = status.HTTP_201_CREATED if report.stored else status.HTTP_200_OK
         if report.rejected and not report.stored and not report.duplicate:
             code = status.HTTP_400_BAD_REQUEST
         return Response(report.to_dict(), status=code)

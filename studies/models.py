@@ -109,6 +109,10 @@ class Instance(BaseModel):
     file = models.CharField(max_length=300, unique=True)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # Where the Pixel Data value starts in the file and how long it is (None: undefined
+    # length, i.e. encapsulated), so frames can be served without parsing the file.
+    pixel_data_offset = models.BigIntegerField(null=True, blank=True)
+    pixel_data_length = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["series", "instance_number"]

@@ -40,7 +40,9 @@ def instances_for(user: User | AnonymousUser) -> QuerySet[Instance]:
 
 
 def pfts_for(user: User | AnonymousUser) -> QuerySet[PftResult]:
-    return PftResult.objects.filter(patient__project__in=projects_for(user)).select_related("patient")
+    return PftResult.objects.filter(patient__project__in=projects_for(user)).select_related(
+        "patient"
+    )
 
 
 def closest_pft(study: Study) -> PftResult | None:

@@ -22,7 +22,9 @@ def real_data():
     def get(name: str) -> Path:
         path = real_data_root() / name
         if not path.exists():
-            pytest.skip(f"real data folder {path} not found (set ILD_REAL_DATA to ../shared/data/real)")
+            pytest.skip(
+                f"real data folder {path} not found (set ILD_REAL_DATA to ../shared/data/real)"
+            )
         return path
 
     return get

@@ -15,8 +15,12 @@ api_v1 = [
     path("patients/", study_apis.PatientListApi.as_view(), name="api-patients"),
     path("patients/<str:patient_id>/", study_apis.PatientDetailApi.as_view(), name="api-patient"),
     path("studies/", study_apis.StudyListApi.as_view(), name="api-studies"),
-    path("studies/<str:study_instance_uid>/", study_apis.StudyDetailApi.as_view(), name="api-study"),
-    path("series/<str:series_instance_uid>/", study_apis.SeriesDetailApi.as_view(), name="api-series"),
+    path(
+        "studies/<str:study_instance_uid>/", study_apis.StudyDetailApi.as_view(), name="api-study"
+    ),
+    path(
+        "series/<str:series_instance_uid>/", study_apis.SeriesDetailApi.as_view(), name="api-series"
+    ),
     path("uploads/", study_apis.UploadApi.as_view(), name="api-uploads"),
     path("pfts/", study_apis.PftListApi.as_view(), name="api-pfts"),
 ]

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 
 from core.models import Project
 from studies.archive import expand_inputs
-from studies.deidentify import Deidentifier
+from studies.deidentify import DeidentificationKey, Deidentifier
 from studies.models import (
     CT_IMAGE_STORAGE,
     Instance,
@@ -51,6 +51,7 @@ REQUIRED_ATTRIBUTES = (
     ("ImageOrientationPatient", "(0020,0037)"),
     ("PixelSpacing", "(0028,0030)"),
 )
+PIXEL_DATA_TAG = 0x7FE00010
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -110,7 +111,7 @@ class IngestReport:
 
 
 def make_deidentifier() -> Deidentifier:
-    return Deidentifier(secret=str(settings.DEIDENTIFICATION_SECRET).encode())
+    return Deidentifier(str(settings.DEIDENTIFICATION_SECRET).encode())
 
 
 def ingest_paths(
@@ -153,10 +154,10 @@ def ingest_bytes(
 ) -> FileOutcome:
     try:
         dataset = parse_ct_instance(data)
-        identity: Any = None
+        identity: DeidentificationKey | None = None
         if deidentifier is not None:
             result = deidentifier.apply(dataset)
-            dataset, identity = result.dataset, result
+            dataset, identity = result.dataset, result.key
             data = encode(dataset)
         return store_instance(name, dataset, data, project=project, identity=identity)
     except RejectedFile as exc:
@@ -168,7 +169,9 @@ def parse_ct_instance(data: bytes) -> Dataset:
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
-        raise RejectedFile("not a DICOM file: no 'DICM' preamble (DICOM PS3.10 file expected)") from None
+        raise RejectedFile(
+            "not a DICOM file: no 'DICM' preamble (DICOM PS3.10 file expected)"
+        ) from None
     except Exception as exc:
         raise RejectedFile(f"malformed DICOM: {exc}") from None
 
@@ -190,14 +193,18 @@ def parse_ct_instance(data: bytes) -> Dataset:
     missing = [f"{kw} {tag}" for kw, tag in REQUIRED_ATTRIBUTES if dataset.get(kw) in (None, "")]
     if missing:
         raise RejectedFile(
-            "missing required attributes: " + ", ".join(missing) + "; re-export the series with full headers"
+            "missing required attributes: "
+            + ", ".join(missing)
+            + "; re-export the series with full headers"
         )
     if "PixelData" not in dataset:
         raise RejectedFile("no Pixel Data (7FE0,0010)")
     if not dataset.get("Modality"):
         dataset.Modality = "CT"  # implied by the SOP class
     elif dataset.Modality != "CT":
-        raise RejectedFile(f"Modality is {dataset.Modality!r} but the SOP class is CT Image Storage")
+        raise RejectedFile(
+            f"Modality is {dataset.Modality!r} but the SOP class is CT Image Storage"
+        )
     syntax = str(meta.get("TransferSyntaxUID", ""))
     if syntax in NATIVE_SYNTAXES:
         expected = (
@@ -217,6 +224,16 @@ def encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def pixel_data_location(data: bytes) -> dict[str, int | None]:
+    """Byte offset and length of the Pixel Data value in an encoded file."""
+    parsed = pydicom.dcmread(io.BytesIO(data))
+    element = parsed[PIXEL_DATA_TAG]
+    offset = getattr(element, "file_tell", None)
+    if offset is None or element.is_undefined_length:
+        return {"pixel_data_offset": offset, "pixel_data_length": None}
+    return {"pixel_data_offset": offset, "pixel_data_length": len(element.value)}
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 200) -> str:
@@ -256,7 +273,12 @@ def patient_id_of(dataset: Dataset) -> str:
 
 
 def store_instance(
-    name: str, dataset: Dataset, data: bytes, *, project: Project, identity: Any
+    name: str,
+    dataset: Dataset,
+    data: bytes,
+    *,
+    project: Project,
+    identity: DeidentificationKey | None,
 ) -> FileOutcome:
     study_uid = str(dataset.StudyInstanceUID)
     series_uid = str(dataset.SeriesInstanceUID)
@@ -289,6 +311,7 @@ def store_instance(
                 file=relpath,
                 size_bytes=len(data),
                 sha256=digest,
+                **pixel_data_location(data),
             )
             if identity is not None:
                 _record_uid_mapping(identity, series.study.patient)
@@ -318,7 +341,9 @@ def _duplicate_or_conflict(
     name: str, stored_digest: str, digest: str, sop_uid: str, series_uid: str
 ) -> FileOutcome:
     if stored_digest == digest:
-        return FileOutcome(name, "duplicate", "identical instance already stored", sop_uid, series_uid)
+        return FileOutcome(
+            name, "duplicate", "identical instance already stored", sop_uid, series_uid
+        )
     return FileOutcome(
         name,
         "rejected",
@@ -329,7 +354,9 @@ def _duplicate_or_conflict(
     )
 
 
-def _index_hierarchy(dataset: Dataset, *, project: Project, identity: Any) -> Series:
+def _index_hierarchy(
+    dataset: Dataset, *, project: Project, identity: DeidentificationKey | None
+) -> Series:
     patient_id = patient_id_of(dataset)
     patient, created = Patient.objects.get_or_create(
         patient_id=patient_id,
@@ -351,7 +378,7 @@ def _index_hierarchy(dataset: Dataset, *, project: Project, identity: Any) -> Se
             patient=patient,
             original_patient_id=identity.original_patient_id,
             original_patient_name=identity.original_patient_name,
-            original_birth_date=_date(identity.original_birth_date),
+            original_birth_date=_date(identity.original_patient_birth_date),
             date_shift_days=identity.date_shift_days,
         )
 
@@ -389,17 +416,15 @@ def _index_hierarchy(dataset: Dataset, *, project: Project, identity: Any) -> Se
     return series
 
 
-def _record_uid_mapping(identity: Any, patient: Patient) -> None:
-    for level, pairs in (
-        (UidMapping.Level.STUDY, identity.study_uids),
-        (UidMapping.Level.SERIES, identity.series_uids),
-        (UidMapping.Level.INSTANCE, identity.sop_instance_uids),
+def _record_uid_mapping(key: DeidentificationKey, patient: Patient) -> None:
+    for level, original, stored in (
+        (UidMapping.Level.STUDY, key.original_study_instance_uid, key.study_instance_uid),
+        (UidMapping.Level.SERIES, key.original_series_instance_uid, key.series_instance_uid),
+        (UidMapping.Level.INSTANCE, key.original_sop_instance_uid, key.sop_instance_uid),
     ):
-        for original, stored in pairs.items():
-            UidMapping.objects.get_or_create(
-                original_uid=original,
-                defaults={"stored_uid": stored, "level": level, "patient": patient},
-            )
+        UidMapping.objects.get_or_create(
+            original_uid=original, defaults={"stored_uid": stored, "level": level, "patient": patient}
+        )
 
 
 def refresh_series_geometry(series_uids: Iterable[str]) -> None:
@@ -409,8 +434,13 @@ def refresh_series_geometry(series_uids: Iterable[str]) -> None:
     for series in Series.objects.filter(series_instance_uid__in=list(series_uids)):
         headers = []
         for row in series.instances.all().only(
-            "rows", "columns", "image_position_patient", "image_orientation_patient", "pixel_spacing",
-            "instance_number", "sop_instance_uid",
+            "rows",
+            "columns",
+            "image_position_patient",
+            "image_orientation_patient",
+            "pixel_spacing",
+            "instance_number",
+            "sop_instance_uid",
         ):
             header = Dataset()
             header.SOPInstanceUID = row.sop_instance_uid

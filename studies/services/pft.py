@@ -25,7 +25,12 @@ from django.db import transaction
 from core.exceptions import ApplicationError
 from studies.models import Patient, PatientIdentity, PftResult
 
-PERCENT_FIELDS = ("fvc_pct_predicted", "tlc_pct_predicted", "dlco_pct_predicted", "kco_pct_predicted")
+PERCENT_FIELDS = (
+    "fvc_pct_predicted",
+    "tlc_pct_predicted",
+    "dlco_pct_predicted",
+    "kco_pct_predicted",
+)
 ABSOLUTE_FIELDS = ("fvc_l", "tlc_l", "dlco_mmol_min_kpa", "kco_mmol_min_kpa_l")
 REQUIRED_COLUMNS = ("patient_id", "date")
 # Plausible physiological ranges; a value outside is a unit or typing error, not a patient.

@@ -28,7 +28,9 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ImproperlyConfiguredEnv(f"{name}={raw!r} is not a boolean; use one of true/false/1/0/yes/no")
+    raise ImproperlyConfiguredEnv(
+        f"{name}={raw!r} is not a boolean; use one of true/false/1/0/yes/no"
+    )
 
 
 def env_int(name: str, default: int) -> int:

@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("paths", nargs="+", help="files, folders (recursive) or .zip archives")
-        parser.add_argument("--project", default="default", help="project slug (created if missing)")
+        parser.add_argument(
+            "--project", default="default", help="project slug (created if missing)"
+        )
         parser.add_argument(
             "--no-deidentify",
             action="store_true",

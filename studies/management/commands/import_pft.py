@@ -27,7 +27,9 @@ class Command(BaseCommand):
         except PftImportError as exc:
             lines = [exc.message]
             for error in exc.extra.get("errors", []):
-                lines.append(f"  line {error['line']} ({error['patient_id']}): " + "; ".join(error["errors"]))
+                lines.append(
+                    f"  line {error['line']} ({error['patient_id']}): " + "; ".join(error["errors"])
+                )
             raise CommandError("\n".join(lines)) from None
         if options["json"]:
             self.stdout.write(json.dumps(report.to_dict()))

@@ -35,7 +35,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from inference.phantoms import write_cohort
 
-        project, _ = Project.objects.get_or_create(slug="demo", defaults={"name": "Demo SSc cohort"})
+        project, _ = Project.objects.get_or_create(
+            slug="demo", defaults={"name": "Demo SSc cohort"}
+        )
         for username, role in DEMO_USERS:
             user, created = User.objects.get_or_create(username=username, defaults={"role": role})
             if created:
@@ -61,9 +63,13 @@ class Command(BaseCommand):
         )
         with transaction.atomic():
             for entry in manifest["patients"]:
-                identity = PatientIdentity.objects.filter(original_patient_id=entry["patient_id"]).first()
+                identity = PatientIdentity.objects.filter(
+                    original_patient_id=entry["patient_id"]
+                ).first()
                 if identity is not None and entry.get("cohort"):
                     Patient.objects.filter(pk=identity.patient_id).update(cohort=entry["cohort"])
         pft_report = import_pft_csv((out / "pft.csv").read_text())
         self.stdout.write(f"PFTs: created {pft_report.created}, updated {pft_report.updated}")
-        self.stdout.write(f"demo users {', '.join(u for u, _ in DEMO_USERS)}; password {DEMO_PASSWORD}")
+        self.stdout.write(
+            f"demo users {', '.join(u for u, _ in DEMO_USERS)}; password {DEMO_PASSWORD}"
+        )

@@ -1,0 +1,158 @@
+"""The ingest service: validation, de-identification, idempotence, atomicity."""
+
+from __future__ import annotations
+
+import zipfile
+from unittest import mock
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from studies.models import Instance, Patient, PatientIdentity, Series, Study, UidMapping
+from studies.services import storage
+from studies.services.ingest import ingest_datasets_bytes, ingest_paths
+from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_stores_a_series_once_with_geometry(project):
+    files = ct_series_bytes(4)
+    report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    assert (report.stored, report.duplicate, report.rejected) == (4, 0, 0)
+    series = Series.objects.get()
+    assert series.instances.count() == 4
+    assert series.geometry["n_slices"] == 4
+    assert series.geometry["slice_spacing_mm"] == pytest.approx(2.0)
+    for instance in Instance.objects.all():
+        stored = storage.absolute(instance.file).read_bytes()
+        assert storage.sha256_hex(stored) == instance.sha256
+
+
+def test_resending_an_identical_instance_is_a_no_op(project):
+    files = ct_series_bytes(2)
+    ingest_datasets_bytes(enumerate_names(files), project=project)
+    again = ingest_datasets_bytes(enumerate_names(files), project=project)
+    assert (again.stored, again.duplicate, again.rejected) == (0, 2, 0)
+    assert Instance.objects.count() == 2
+
+
+def test_a_different_file_under_a_known_sop_instance_uid_is_refused(project):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    first = to_bytes(ct_slice(study_uid=study, series_uid=series, index=0, sop_uid=sop))
+    changed = to_bytes(ct_slice(study_uid=study, series_uid=series, index=0, sop_uid=sop, fill=7))
+    ingest_datasets_bytes([("a.dcm", first)], project=project, deidentify=False)
+    stored_before = storage.absolute(Instance.objects.get().file).read_bytes()
+
+    report = ingest_datasets_bytes([("b.dcm", changed)], project=project, deidentify=False)
+
+    assert report.rejected == 1
+    assert "different file is already stored" in report.outcomes[0].reason
+    assert storage.absolute(Instance.objects.get().file).read_bytes() == stored_before
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (
+            lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.4"),
+            "is not CT Image Storage",
+        ),
+        (lambda ds: delattr(ds, "ImagePositionPatient"), "ImagePositionPatient"),
+        (lambda ds: delattr(ds, "PixelData"), "Pixel Data"),
+        (lambda ds: setattr(ds, "PixelData", b"\x00" * 10), "truncated Pixel Data"),
+        (lambda ds: setattr(ds, "Modality", "MR"), "Modality is 'MR'"),
+    ],
+)
+def test_it_rejects_what_is_not_a_usable_ct_image_with_a_reason(project, mutate, reason):
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    mutate(ds)
+    report = ingest_datasets_bytes([("x.dcm", to_bytes(ds))], project=project)
+    assert report.rejected == 1
+    assert reason in report.outcomes[0].reason
+    assert not Instance.objects.exists() and not Patient.objects.exists()
+
+
+def test_it_rejects_files_that_are_not_dicom(project):
+    report = ingest_datasets_bytes([("notes.txt", b"hello world" * 20)], project=project)
+    assert report.rejected == 1
+    assert "not a DICOM file" in report.outcomes[0].reason
+
+
+def test_deidentification_replaces_identity_and_keeps_structure(project):
+    study, series = generate_uid(), generate_uid()
+    files = ct_series_bytes(3, study_uid=study, series_uid=series, patient_id="HOSP-42")
+    ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=True)
+
+    patient = Patient.objects.get()
+    assert patient.patient_id != "HOSP-42" and patient.deidentified
+    assert PatientIdentity.objects.get().original_patient_id == "HOSP-42"
+    stored_study = Study.objects.get()
+    assert stored_study.study_instance_uid != study
+    assert Series.objects.get().instances.count() == 3
+    assert UidMapping.objects.get(original_uid=study).stored_uid == stored_study.study_instance_uid
+    first = pydicom.dcmread(storage.absolute(Instance.objects.first().file))
+    assert "DOE" not in str(first.PatientName)
+    assert first.PatientIdentityRemoved == "YES"
+    assert first.InstitutionName in ("", None) or "InstitutionName" not in first
+
+
+def test_a_follow_up_imported_later_lands_on_the_same_pseudonymous_patient(project):
+    ingest_datasets_bytes(enumerate_names(ct_series_bytes(2, patient_id="P-7")), project=project)
+    ingest_datasets_bytes(
+        enumerate_names(ct_series_bytes(2, patient_id="P-7", study_date="20250115")),
+        project=project,
+    )
+    assert Patient.objects.count() == 1
+    assert Study.objects.count() == 2
+    dates = sorted(Study.objects.values_list("study_date", flat=True))
+    assert (dates[1] - dates[0]).days == 366  # the interval survives the date shift
+
+
+def test_a_failed_index_write_leaves_no_file_and_no_row(project):
+    files = ct_series_bytes(1)
+    with mock.patch(
+        "studies.models.Instance.objects.create", side_effect=RuntimeError("disk full")
+    ):
+        with pytest.raises(RuntimeError):
+            ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    assert not Instance.objects.exists()
+    assert not Study.objects.exists()
+    leftovers = [p for p in storage.storage_root().rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_it_reads_folders_and_zips(project, tmp_path):
+    files = ct_series_bytes(3)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i, data in enumerate(files[:2]):
+        (folder / f"{i}.dcm").write_bytes(data)
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("deep/dir/2.dcm", files[2])
+    report = ingest_paths([folder, archive], project=project, deidentify=False)
+    assert (report.stored, report.rejected) == (3, 0)
+
+
+def test_zip_path_traversal_is_refused(project, tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../../etc/evil.dcm", ct_series_bytes(1)[0])
+    report = ingest_paths([archive], project=project)
+    assert report.stored == 0 and report.rejected >= 1
+    assert not Instance.objects.exists()
+
+
+def test_a_patient_of_another_project_is_not_moved(project, other_project):
+    files = ct_series_bytes(1, patient_id="SAME")
+    ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    more = ct_series_bytes(1, patient_id="SAME")
+    report = ingest_datasets_bytes(enumerate_names(more), project=other_project, deidentify=False)
+    assert report.rejected == 1
+    assert "belongs to project 'ssc'" in report.outcomes[0].reason
+
+
+def enumerate_names(files: list[bytes]) -> list[tuple[str, bytes]]:
+    return [(f"{i}.dcm", data) for i, data in enumerate(files)]
