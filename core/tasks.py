@@ -8,6 +8,8 @@ from typing import Any
 from celery import shared_task  # noqa: TID251 - the one place allowed to use it
 
 QUEUES = ("default", "cpu", "gpu")
+# Task name → queue, filled by ``task`` and read by the Celery router ``route_task``.
+ROUTES: dict[str, str] = {}
 
 
 class TransientError(Exception):
@@ -22,10 +24,10 @@ def task(
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
 
     def decorate(func: Callable[..., Any]) -> Any:
+        ROUTES[f"{func.__module__}.{func.__name__}"] = queue
         return shared_task(
             acks_late=True,
             reject_on_worker_lost=True,
-            queue=queue,
             soft_time_limit=soft_time_limit,
             time_limit=soft_time_limit + 60,
             autoretry_for=(TransientError,),
@@ -35,3 +37,9 @@ def task(
         )(func)
 
     return decorate
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """Celery router: the queue each task was declared with."""
+    queue = ROUTES.get(name)
+    return {"queue": queue} if queue else None

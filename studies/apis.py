@@ -214,7 +214,7 @@ def _expand_uploads(uploads: list[Any]) -> list[tuple[str, bytes]]:
     import tempfile
     from pathlib import Path
 
-    from studies.archive import expand_inputs
+    from studies.archive import ArchiveError, RejectedInput, expand_inputs
 
     items: list[tuple[str, bytes]] = []
     for upload in uploads:
@@ -226,11 +226,14 @@ def _expand_uploads(uploads: list[Any]) -> list[tuple[str, bytes]]:
                     for chunk in upload.chunks():
                         handle.write(chunk)
                 for item in expand_inputs([path]):
-                    display = f"{name}:{item.display_name.split(':', 1)[-1]}"
-                    if item.error:
-                        raise ApplicationError(f"{display}: {item.error}")
-                    with item.open() as member:
-                        items.append((display, member.read()))
+                    display = f"{name}:{item.display_name.split('/', 1)[-1]}"
+                    if isinstance(item, RejectedInput):
+                        raise ApplicationError(f"{display}: {item.reason}")
+                    try:
+                        with item.open() as member:
+                            items.append((display, member.read()))
+                    except ArchiveError as exc:
+                        raise ApplicationError(f"{display}: {exc}") from None
         else:
             items.append((name, upload.read()))
     return items

@@ -113,6 +113,10 @@ class Instance(BaseModel):
     # length, i.e. encapsulated), so frames can be served without parsing the file.
     pixel_data_offset = models.BigIntegerField(null=True, blank=True)
     pixel_data_length = models.BigIntegerField(null=True, blank=True)
+    # The instance as DICOM JSON (PS3.18 F.2), bulk data as BulkDataURI templates, written at
+    # ingest: DICOMweb metadata is then a string join instead of parsing every file per request.
+    # Empty for rows stored before it existed; DICOMweb fills it on first use.
+    dicom_json = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["series", "instance_number"]

@@ -93,3 +93,10 @@ def api_client_for():
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def isolated_storage(settings, tmp_path):
+    """Each test stores DICOM files under its own folder."""
+    settings.STORAGE_ROOT = tmp_path / "storage"
+    return settings.STORAGE_ROOT

@@ -22,8 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from core.models import Project
-from studies.archive import expand_inputs
-from studies.deidentify import DeidentificationKey, Deidentifier
+from studies.archive import ArchiveError, RejectedInput, expand_inputs
+from studies.deidentify import DeidentificationError, DeidentificationKey, Deidentifier
+from studies.dicomweb.dicomjson import instance_json_text
 from studies.models import (
     CT_IMAGE_STORAGE,
     Instance,
@@ -121,14 +122,14 @@ def ingest_paths(
     report = IngestReport()
     deidentifier = make_deidentifier() if deidentify else None
     for item in expand_inputs([Path(p) for p in paths]):
-        if item.error:
-            report.outcomes.append(FileOutcome(item.display_name, "rejected", item.error))
+        if isinstance(item, RejectedInput):
+            report.outcomes.append(FileOutcome(item.display_name, "rejected", item.reason))
             continue
         try:
             with item.open() as handle:
                 data = handle.read()
-        except Exception as exc:  # an unreadable member must not stop the others
-            report.outcomes.append(FileOutcome(item.display_name, "rejected", f"unreadable: {exc}"))
+        except (ArchiveError, OSError) as exc:  # one bad member must not stop the others
+            report.outcomes.append(FileOutcome(item.display_name, "rejected", str(exc)))
             continue
         report.outcomes.append(
             ingest_bytes(item.display_name, data, project=project, deidentifier=deidentifier)
@@ -162,6 +163,8 @@ def ingest_bytes(
         return store_instance(name, dataset, data, project=project, identity=identity)
     except RejectedFile as exc:
         return FileOutcome(name, "rejected", str(exc))
+    except DeidentificationError as exc:
+        return FileOutcome(name, "rejected", f"cannot de-identify: {exc}")
 
 
 def parse_ct_instance(data: bytes) -> Dataset:
@@ -312,6 +315,7 @@ def store_instance(
                 size_bytes=len(data),
                 sha256=digest,
                 **pixel_data_location(data),
+                dicom_json=instance_json_text(dataset),
             )
             if identity is not None:
                 _record_uid_mapping(identity, series.study.patient)
@@ -423,7 +427,8 @@ def _record_uid_mapping(key: DeidentificationKey, patient: Patient) -> None:
         (UidMapping.Level.INSTANCE, key.original_sop_instance_uid, key.sop_instance_uid),
     ):
         UidMapping.objects.get_or_create(
-            original_uid=original, defaults={"stored_uid": stored, "level": level, "patient": patient}
+            original_uid=original,
+            defaults={"stored_uid": stored, "level": level, "patient": patient},
         )
 
 

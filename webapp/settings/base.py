@@ -132,6 +132,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = ("core.tasks.route_task",)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Segmentation and registration run on the gpu queue when a GPU worker exists; everything
 # else, and every job on a CPU-only site, runs on the cpu queue.

@@ -1,0 +1,558 @@
+"""QIDO-RS (PS3.18 10.6): search studies, series and instances.
+
+Matching (PS3.4 C.2.2.2) on the attributes the store indexes: single values, UID lists,
+wildcards ``*`` and ``?``, date and time ranges, and fuzzy person-name matching, which here
+means "any name component contains the words". Attributes that exist in the DICOM dictionary
+but that we do not index are ignored with a ``Warning`` header, as the standard allows; keys
+that are not DICOM attributes at all are a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+from django.db.models import Count, Q, QuerySet
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+from core.exceptions import ApplicationError
+from studies.dicomweb import selectors
+from studies.dicomweb.dicomjson import attr, with_base
+from studies.dicomweb.selectors import Scope
+from studies.models import Instance, Series, Study
+
+Level = Literal["study", "series", "instance"]
+Kind = Literal["uid", "str", "pn", "date", "time", "int"]
+LEVEL_ORDER: dict[str, int] = {"study": 0, "series": 1, "instance": 2}
+
+# How a query at one level reaches the model of another level (ORM path prefix).
+PREFIX: dict[str, dict[str, str]] = {
+    "study": {"study": "", "series": "series__", "instance": "series__instances__"},
+    "series": {"study": "study__", "series": "", "instance": "instances__"},
+    "instance": {"study": "series__study__", "series": "series__", "instance": ""},
+}
+CONTROL_PARAMS = {"limit", "offset", "includefield", "fuzzymatching"}
+MAX_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Attribute:
+    tag: int
+    keyword: str
+    vr: str
+    level: Level
+    kind: Kind
+    path: str  # ORM path relative to the level's model
+
+
+def _a(tag: int, vr: str, level: Level, kind: Kind, path: str) -> Attribute:
+    return Attribute(tag, keyword_for_tag(tag), vr, level, kind, path)
+
+
+MATCHABLE: dict[int, Attribute] = {
+    a.tag: a
+    for a in (
+        _a(0x00080020, "DA", "study", "date", "study_date"),
+        _a(0x00080030, "TM", "study", "time", "study_time"),
+        _a(0x00080050, "SH", "study", "str", "accession_number"),
+        _a(0x00080090, "PN", "study", "pn", "referring_physician_name"),
+        _a(0x00081030, "LO", "study", "str", "description"),
+        _a(0x00100010, "PN", "study", "pn", "patient__patient_name"),
+        _a(0x00100020, "LO", "study", "str", "patient__patient_id"),
+        _a(0x00100030, "DA", "study", "date", "patient__birth_date"),
+        _a(0x00100040, "CS", "study", "str", "patient__sex"),
+        _a(0x0020000D, "UI", "study", "uid", "study_instance_uid"),
+        _a(0x00200010, "SH", "study", "str", "study_id"),
+        # ModalitiesInStudy matches the modality of any series of the study.
+        _a(0x00080061, "CS", "series", "str", "modality"),
+        _a(0x00080060, "CS", "series", "str", "modality"),
+        _a(0x0008103E, "LO", "series", "str", "description"),
+        _a(0x0020000E, "UI", "series", "uid", "series_instance_uid"),
+        _a(0x00200011, "IS", "series", "int", "series_number"),
+        _a(0x00180015, "CS", "series", "str", "body_part_examined"),
+        _a(0x00200052, "UI", "series", "uid", "frame_of_reference_uid"),
+        _a(0x00080016, "UI", "instance", "uid", "sop_class_uid"),
+        _a(0x00080018, "UI", "instance", "uid", "sop_instance_uid"),
+        _a(0x00200013, "IS", "instance", "int", "instance_number"),
+    )
+}
+
+
+@dataclass
+class QidoQuery:
+    level: Level
+    filters: list[tuple[Attribute, str]] = field(default_factory=list)
+    include: set[int] = field(default_factory=set)
+    include_all: bool = False
+    limit: int | None = None
+    offset: int = 0
+    fuzzy: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QidoResult:
+    items: list[dict[str, Any]]
+    warnings: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.items, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _bad(message: str) -> ApplicationError:
+    return ApplicationError(message, status_code=400)
+
+
+def parse_tag(key: str) -> int | None:
+    """``PatientID``, ``00100020`` or ``0010,0020``/``(0010,0020)`` → tag, else None."""
+    text = key.strip().strip("()").replace(",", "")
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
+        return int(text, 16)
+    tag = tag_for_keyword(key.strip())
+    return int(tag) if tag is not None else None
+
+
+def _parse_int(name: str, value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise _bad(f"{name} must be an integer, not {value!r}") from None
+    if number < minimum:
+        raise _bad(f"{name} must be at least {minimum}")
+    return number
+
+
+def parse_query(level: Level, params: Iterable[tuple[str, list[str]]]) -> QidoQuery:
+    """The query string as a QidoQuery; raise ApplicationError(400) naming what is wrong."""
+    query = QidoQuery(level=level)
+    for key, values in params:
+        name = key.lower()
+        if name == "limit":
+            query.limit = min(_parse_int("limit", values[-1], 0), MAX_LIMIT)
+            continue
+        if name == "offset":
+            query.offset = _parse_int("offset", values[-1], 0)
+            continue
+        if name == "fuzzymatching":
+            flag = values[-1].strip().lower()
+            if flag not in ("true", "false", ""):
+                raise _bad(f"fuzzymatching must be true or false, not {values[-1]!r}")
+            query.fuzzy = flag == "true"
+            continue
+        if name == "includefield":
+            for value in values:
+                for item in value.split(","):
+                    item = item.strip()
+                    if not item:
+                        continue
+                    if item.lower() == "all":
+                        query.include_all = True
+                        continue
+                    tag = parse_tag(item)
+                    if tag is None:
+                        raise _bad(f"includefield {item!r} is neither a DICOM keyword nor a tag")
+                    query.include.add(tag)
+            continue
+        if key.startswith("_"):
+            continue  # cache busters some HTTP libraries append
+        tag = parse_tag(key)
+        if tag is None:
+            raise _bad(
+                f"unknown query parameter {key!r}: use DICOM keywords or tags "
+                "(PatientID, 00100020), limit, offset, includefield or fuzzymatching"
+            )
+        attribute = MATCHABLE.get(tag)
+        value = values[-1]
+        if attribute is None:
+            query.warnings.append(f"{key} is not supported for matching and was ignored")
+            continue
+        if attribute.tag == 0x00080061 and level != "study":
+            attribute = MATCHABLE[0x00080060]
+        _validate(attribute, value)
+        query.filters.append((attribute, value))
+    return query
+
+
+DATE_RANGE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
+TIME_RANGE = re.compile(r"^([\d.:]*)(-)?([\d.:]*)$")
+
+
+def _validate(attribute: Attribute, value: str) -> None:
+    if attribute.kind == "date" and value not in ("", "*"):
+        match = DATE_RANGE.match(value.replace("-", "", 2) if _iso_date(value) else value)
+        if not match or not (match.group(1) or match.group(3)):
+            raise _bad(f"{attribute.keyword} {value!r} is not a date or range (YYYYMMDD-YYYYMMDD)")
+        for part in (match.group(1), match.group(3)):
+            if part:
+                _to_date(attribute, part)
+    if attribute.kind == "time" and value not in ("", "*") and not TIME_RANGE.match(value):
+        raise _bad(f"{attribute.keyword} {value!r} is not a time or range (HHMMSS-HHMMSS)")
+    if attribute.kind == "int" and value not in ("", "*"):
+        for item in re.split(r"[,\\]", value):
+            if not item.strip().lstrip("-").isdigit():
+                raise _bad(f"{attribute.keyword} {value!r} is not an integer")
+    if attribute.kind == "uid":
+        for item in re.split(r"[,\\]", value):
+            if item and not re.fullmatch(r"[0-9.*?]{1,64}", item.strip()):
+                raise _bad(f"{attribute.keyword} {item!r} is not a UID")
+
+
+def _iso_date(value: str) -> bool:
+    return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", value))
+
+
+def _to_date(attribute: Attribute, text: str) -> date:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        raise _bad(f"{attribute.keyword} {text!r} is not a valid date") from None
+
+
+def _wildcard_regex(value: str) -> str:
+    return (
+        "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value) + "$"
+    )
+
+
+def _condition(attribute: Attribute, path: str, value: str, fuzzy: bool) -> Q | None:
+    """The Q object for one matching key, or None for universal matching."""
+    value = value.strip()
+    if value in ("", "*"):
+        return None
+    kind = attribute.kind
+    if kind == "date":
+        text = value.replace("-", "") if _iso_date(value) else value
+        match = DATE_RANGE.match(text)
+        assert match is not None  # validated
+        start, dash, end = match.groups()
+        if not dash:
+            return Q(**{path: _to_date(attribute, start)})
+        condition = Q()
+        if start:
+            condition &= Q(**{f"{path}__gte": _to_date(attribute, start)})
+        if end:
+            condition &= Q(**{f"{path}__lte": _to_date(attribute, end)})
+        return condition
+    if kind == "time":
+        start, dash, end = value.partition("-")
+        if not dash:
+            return Q(**{f"{path}__startswith": start.replace(":", "")})
+        condition = Q()
+        if start:
+            condition &= Q(**{f"{path}__gte": start.replace(":", "")})
+        if end:
+            condition &= Q(**{f"{path}__lte": end.replace(":", "") + "~"})
+        return condition
+    items = [v.strip() for v in re.split(r"[,\\]" if kind != "pn" else r"\\", value) if v.strip()]
+    condition = Q()
+    for item in items:
+        if kind == "int":
+            condition |= Q(**{path: int(item)})
+        elif "*" in item or "?" in item:
+            lookup = "regex" if kind == "uid" else "iregex"
+            condition |= Q(**{f"{path}__{lookup}": _wildcard_regex(item)})
+        elif kind == "uid":
+            condition |= Q(**{path: item})
+        elif kind == "pn" and fuzzy:
+            words = Q()
+            for word in re.split(r"[\s^,]+", item):
+                if word:
+                    words &= Q(**{f"{path}__icontains": word})
+            condition |= words
+        else:
+            condition |= Q(**{f"{path}__iexact": item})
+    return condition
+
+
+def _apply_filters(queryset: QuerySet[Any], query: QidoQuery, model: type) -> QuerySet[Any]:
+    deep = Q()
+    for attribute, value in query.filters:
+        path = PREFIX[query.level][attribute.level] + attribute.path
+        condition = _condition(attribute, path, value, query.fuzzy)
+        if condition is None:
+            continue
+        if LEVEL_ORDER[attribute.level] > LEVEL_ORDER[query.level]:
+            deep &= condition  # through a reverse relation: matched in a subquery, no duplicates
+        else:
+            queryset = queryset.filter(condition)
+    if deep:
+        queryset = queryset.filter(pk__in=model.objects.filter(deep).values("pk"))
+    return queryset
+
+
+def _page(queryset: QuerySet[Any], query: QidoQuery) -> QuerySet[Any]:
+    if query.limit is not None:
+        return queryset[query.offset : query.offset + query.limit]
+    return queryset[query.offset :] if query.offset else queryset
+
+
+# ---- result attributes -------------------------------------------------------------------
+
+
+def _da(value: date | None) -> str | None:
+    return value.strftime("%Y%m%d") if value else None
+
+
+def _study_attributes(study: Study, scope: Scope) -> dict[str, Any]:
+    patient = study.patient
+    return {
+        "00080005": attr("CS", "ISO_IR 192"),
+        "00080020": attr("DA", _da(study.study_date)),
+        "00080030": attr("TM", study.study_time),
+        "00080050": attr("SH", study.accession_number),
+        "00080056": attr("CS", "ONLINE"),
+        "00080090": attr("PN", study.referring_physician_name),
+        "00081030": attr("LO", study.description),
+        "00081190": attr("UR", f"{scope.base_url}/studies/{study.study_instance_uid}"),
+        "00100010": attr("PN", patient.patient_name),
+        "00100020": attr("LO", patient.patient_id),
+        "00100030": attr("DA", _da(patient.birth_date)),
+        "00100040": attr("CS", patient.sex),
+        "0020000D": attr("UI", study.study_instance_uid),
+        "00200010": attr("SH", study.study_id),
+    }
+
+
+def _series_attributes(series: Series, scope: Scope) -> dict[str, Any]:
+    study_uid = series.study.study_instance_uid
+    return {
+        "00080005": attr("CS", "ISO_IR 192"),
+        "00080056": attr("CS", "ONLINE"),
+        "00080060": attr("CS", series.modality),
+        "0008103E": attr("LO", series.description),
+        "00081190": attr(
+            "UR", f"{scope.base_url}/studies/{study_uid}/series/{series.series_instance_uid}"
+        ),
+        "0020000D": attr("UI", study_uid),
+        "0020000E": attr("UI", series.series_instance_uid),
+        "00200011": attr("IS", series.series_number),
+    }
+
+
+def _instance_attributes(instance: Instance, scope: Scope) -> dict[str, Any]:
+    series = instance.series
+    study_uid = series.study.study_instance_uid
+    return {
+        "00080016": attr("UI", instance.sop_class_uid),
+        "00080018": attr("UI", instance.sop_instance_uid),
+        "00080056": attr("CS", "ONLINE"),
+        "00080060": attr("CS", series.modality),
+        "00081190": attr(
+            "UR",
+            f"{scope.base_url}/studies/{study_uid}/series/{series.series_instance_uid}"
+            f"/instances/{instance.sop_instance_uid}",
+        ),
+        "0020000D": attr("UI", study_uid),
+        "0020000E": attr("UI", series.series_instance_uid),
+        "00200013": attr("IS", instance.instance_number),
+        "00280008": attr("IS", instance.number_of_frames),
+        "00280010": attr("US", instance.rows),
+        "00280011": attr("US", instance.columns),
+    }
+
+
+# Instance-specific attributes that "includefield=all" must not copy onto a study or series.
+INSTANCE_ONLY_GROUPS = (0x0028, 0x7FE0)
+INSTANCE_ONLY_TAGS = {
+    0x00080018,
+    0x00080016,
+    0x00200013,
+    0x00200032,
+    0x00200037,
+    0x00201041,
+    0x00080008,
+    0x00080012,
+    0x00080013,
+    0x00080022,
+    0x00080032,
+    0x00080033,
+    0x00080023,
+}
+
+
+def _extras(
+    representative: dict[str, Any] | None, query: QidoQuery, present: dict[str, Any]
+) -> dict[str, Any]:
+    """Attributes asked for with includefield that the index lacks, from a stored instance."""
+    if representative is None:
+        return {}
+    wanted: Iterable[str]
+    if query.include_all:
+        wanted = representative.keys()
+    else:
+        wanted = [f"{tag:08X}" for tag in query.include]
+    extra: dict[str, Any] = {}
+    for key in wanted:
+        if key in present or key not in representative:
+            continue
+        tag = int(key, 16)
+        if query.level != "instance" and (
+            tag in INSTANCE_ONLY_TAGS or (tag >> 16) in INSTANCE_ONLY_GROUPS
+        ):
+            continue
+        value = representative[key]
+        if "BulkDataURI" in value:
+            continue
+        extra[key] = value
+    return extra
+
+
+def _needs_representative(query: QidoQuery, known: set[str]) -> bool:
+    return query.include_all or any(f"{tag:08X}" not in known for tag in query.include)
+
+
+def _representatives(scope: Scope, key: str, ids: list[Any]) -> dict[Any, dict[str, Any]]:
+    """One stored instance's DICOM JSON per study or series id (the lowest instance number)."""
+    first: dict[Any, Any] = {}
+    for owner, pk in (
+        selectors.visible_instances(scope)
+        .filter(**{f"{key}__in": ids})
+        .order_by(key, "instance_number", "pk")
+        .values_list(key, "pk")
+    ):
+        first.setdefault(owner, pk)
+    texts = dict(Instance.objects.filter(pk__in=first.values()).values_list("pk", "dicom_json"))
+    return {
+        owner: json.loads(with_base(texts[pk], scope.base_url))
+        for owner, pk in first.items()
+        if texts.get(pk)
+    }
+
+
+def _finish(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(sorted(item.items())) for item in items]
+
+
+def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
+    selectors.require_project(scope)
+    queryset = _apply_filters(selectors.visible_studies(scope), query, Study)
+    queryset = queryset.select_related("patient").order_by(
+        "patient__patient_id", "study_date", "study_instance_uid"
+    )
+    studies = list(_page(queryset, query))
+    ids = [s.pk for s in studies]
+    counts = {
+        row["series__study_id"]: row
+        for row in selectors.visible_instances(scope)
+        .filter(series__study_id__in=ids)
+        .values("series__study_id")
+        .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
+        .order_by()
+    }
+    modalities: dict[Any, set[str]] = {}
+    for study_id, modality in (
+        selectors.visible_instances(scope)
+        .filter(series__study_id__in=ids)
+        .values_list("series__study_id", "series__modality")
+        .order_by()
+        .distinct()
+    ):
+        modalities.setdefault(study_id, set()).add(modality)
+    items = []
+    for study in studies:
+        item = _study_attributes(study, scope)
+        count = counts.get(study.pk, {})
+        item["00080061"] = attr("CS", *sorted(modalities.get(study.pk, ())))
+        item["00201206"] = attr("IS", count.get("n_series", 0))
+        item["00201208"] = attr("IS", count.get("n_instances", 0))
+        items.append(item)
+    if items and _needs_representative(query, set(items[0])):
+        found = _representatives(scope, "series__study_id", ids)
+        for study, item in zip(studies, items, strict=True):
+            item.update(_extras(found.get(study.pk), query, item))
+    return QidoResult(_finish(items), query.warnings)
+
+
+def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) -> QidoResult:
+    selectors.require_project(scope)
+    queryset = selectors.visible_series(scope)
+    if study_uid is not None:
+        queryset = queryset.filter(study__study_instance_uid=study_uid)
+    queryset = _apply_filters(queryset, query, Series).select_related("study", "study__patient")
+    queryset = queryset.order_by(
+        "study__study_instance_uid", "series_number", "series_instance_uid"
+    )
+    series_list = list(_page(queryset, query))
+    if study_uid is not None and not series_list and not query.filters and not query.offset:
+        _require_study(scope, study_uid)
+    ids = [s.pk for s in series_list]
+    counts = dict(
+        selectors.visible_instances(scope)
+        .filter(series_id__in=ids)
+        .values("series_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+        .values_list("series_id", "n")
+    )
+    items = []
+    for series in series_list:
+        item = _series_attributes(series, scope)
+        if study_uid is None:
+            item = {**_study_attributes(series.study, scope), **item}
+        item["00201209"] = attr("IS", counts.get(series.pk, 0))
+        items.append(item)
+    if items and _needs_representative(query, set(items[0])):
+        found = _representatives(scope, "series_id", ids)
+        for series, item in zip(series_list, items, strict=True):
+            item.update(_extras(found.get(series.pk), query, item))
+    return QidoResult(_finish(items), query.warnings)
+
+
+def search_instances(
+    scope: Scope, query: QidoQuery, study_uid: str | None = None, series_uid: str | None = None
+) -> QidoResult:
+    selectors.require_project(scope)
+    queryset = selectors.visible_instances(scope)
+    if study_uid is not None:
+        queryset = queryset.filter(series__study__study_instance_uid=study_uid)
+    if series_uid is not None:
+        queryset = queryset.filter(series__series_instance_uid=series_uid)
+    queryset = _apply_filters(queryset, query, Instance).select_related(
+        "series", "series__study", "series__study__patient"
+    )
+    want_json = query.include_all or bool(query.include)
+    if not want_json:
+        queryset = queryset.defer("dicom_json")
+    queryset = queryset.order_by(
+        "series__study__study_instance_uid",
+        "series__series_number",
+        "series_id",
+        "instance_number",
+        "pk",
+    )
+    instances = list(_page(queryset, query))
+    if study_uid is not None and not instances and not query.filters and not query.offset:
+        _require_study(scope, study_uid, series_uid)
+    items = []
+    for instance in instances:
+        item: dict[str, Any] = {}
+        if study_uid is None:
+            item.update(_study_attributes(instance.series.study, scope))
+        if series_uid is None:
+            item.update(_series_attributes(instance.series, scope))
+        item.update(_instance_attributes(instance, scope))
+        if want_json and _needs_representative(query, set(item)) and instance.dicom_json:
+            stored = json.loads(with_base(instance.dicom_json, scope.base_url))
+            item.update(_extras(stored, query, item))
+        items.append(item)
+    return QidoResult(_finish(items), query.warnings)
+
+
+def _require_study(scope: Scope, study_uid: str, series_uid: str | None = None) -> None:
+    """An empty search under an unknown study or series is a 404, not an empty list."""
+    found = selectors.visible_studies(scope).filter(study_instance_uid=study_uid).exists()
+    if found and series_uid is not None:
+        found = (
+            selectors.visible_series(scope)
+            .filter(series_instance_uid=series_uid, study__study_instance_uid=study_uid)
+            .exists()
+        )
+    if not found:
+        raise ApplicationError(
+            f"no study {study_uid}" + (f" / series {series_uid}" if series_uid else ""),
+            status_code=404,
+        )

@@ -1,0 +1,223 @@
+"""STOW-RS (PS3.18 10.5): store instances sent as multipart/related; type="application/dicom".
+
+Every part goes through the one ingest service, so a STOW upload is validated and
+de-identified exactly as an import from disk. The response lists what was stored
+(ReferencedSOPSequence, with the UIDs as stored: de-identification replaces them, flagged with
+WarningReason "coercion of data elements") and what was not (FailedSOPSequence with a
+FailureReason code and the ingest's reason in words).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from django.conf import settings
+from rest_framework import status
+
+from core.access import has_role
+from core.exceptions import ApplicationError
+from core.models import Role
+from studies.dicomweb import selectors
+from studies.dicomweb.dicomjson import attr
+from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
+from studies.dicomweb.selectors import Scope
+from studies.models import Instance
+from studies.services.ingest import FileOutcome, ingest_datasets_bytes
+
+# Ingest in batches so a large upload does not hold every de-identified copy at once.
+BATCH = 32
+# PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+COERCION = 0xB000
+WRITE_ROLES = (Role.COORDINATOR,)
+
+
+@dataclass
+class StowResult:
+    status_code: int
+    body: dict[str, Any]
+    warnings: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_content_type(content_type: str) -> str:
+    """The boundary, or 415 for anything but multipart/related of application/dicom parts."""
+    media = parse_media_type(content_type or "")
+    if media.media_type != "multipart/related":
+        raise ApplicationError(
+            f'STOW-RS takes multipart/related; type="application/dicom", not {content_type!r}',
+            status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        )
+    part_type = media.params.get("type", "application/dicom")
+    if part_type != "application/dicom":
+        raise ApplicationError(
+            f"STOW-RS here takes application/dicom parts, not {part_type}",
+            status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        )
+    boundary = media.params.get("boundary", "")
+    if not boundary:
+        raise ApplicationError("the multipart Content-Type has no boundary")
+    return boundary
+
+
+@dataclass
+class _Sent:
+    name: str
+    data: bytes
+    sop_class: str = ""
+    sop_uid: str = ""
+    study_uid: str = ""
+    error: str = ""
+    reason_code: int = 0
+
+
+def _peek(name: str, data: bytes) -> _Sent:
+    """The UIDs the client sent, for the response and the study check (header only)."""
+    sent = _Sent(name, data)
+    try:
+        header = pydicom.dcmread(
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+        )
+        meta = getattr(header, "file_meta", None)
+        sent.sop_class = str(
+            header.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "")
+        )
+        sent.sop_uid = str(
+            header.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "")
+        )
+        sent.study_uid = str(header.get("StudyInstanceUID", ""))
+    except Exception:  # the ingest service gives the reason in words
+        pass
+    return sent
+
+
+def _failure_code(reason: str) -> int:
+    text = reason.lower()
+    if "is not ct image storage" in text:
+        return SOP_CLASS_NOT_SUPPORTED
+    if "already stored under sopinstanceuid" in text or "different file is already stored" in text:
+        return DUPLICATE_SOP_INSTANCE
+    if "not a dicom file" in text or "malformed" in text:
+        return CANNOT_UNDERSTAND
+    if "missing" in text or "truncated" in text or "modality is" in text or "no pixel data" in text:
+        return DOES_NOT_MATCH_SOP_CLASS
+    return PROCESSING_FAILURE
+
+
+def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = None) -> StowResult:
+    if not has_role(scope.user, *WRITE_ROLES):
+        raise ApplicationError(
+            "your role may not store instances", status_code=status.HTTP_403_FORBIDDEN
+        )
+    boundary = check_content_type(content_type)
+    project = selectors.project_for_store(scope)
+    try:
+        parts = split_parts(body, boundary)
+    except MultipartError as exc:
+        raise ApplicationError(f"malformed multipart body: {exc}") from None
+    if not parts:
+        raise ApplicationError("the multipart body holds no parts")
+
+    sent: list[_Sent] = []
+    for number, part in enumerate(parts, start=1):
+        item = _peek(f"part {number}", bytes(part.content))
+        part_type = part.content_type.split(";")[0].strip().lower()
+        if part_type not in ("", "application/dicom"):
+            item.error = f"part media type {part_type} is not application/dicom"
+            item.reason_code = CANNOT_UNDERSTAND
+        elif study_uid is not None and item.study_uid and item.study_uid != study_uid:
+            item.error = (
+                f"StudyInstanceUID {item.study_uid} does not match the study {study_uid} "
+                "in the request URL"
+            )
+            item.reason_code = PROCESSING_FAILURE
+        sent.append(item)
+    del parts
+
+    outcomes: dict[int, FileOutcome] = {}
+    pending = [i for i, item in enumerate(sent) if not item.error]
+    for start in range(0, len(pending), BATCH):
+        batch = pending[start : start + BATCH]
+        report = ingest_datasets_bytes(
+            [(sent[i].name, sent[i].data) for i in batch],
+            project=project,
+            deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT),
+        )
+        for i, outcome in zip(batch, report.outcomes, strict=True):
+            outcomes[i] = outcome
+            sent[i].data = b""
+    return _response(scope, sent, outcomes)
+
+
+def _response(scope: Scope, sent: list[_Sent], outcomes: dict[int, FileOutcome]) -> StowResult:
+    stored_uids = [o.sop_instance_uid for o in outcomes.values() if o.status != "rejected"]
+    locations = {
+        sop: (study, series)
+        for sop, study, series in Instance.objects.filter(
+            sop_instance_uid__in=stored_uids
+        ).values_list(
+            "sop_instance_uid", "series__study__study_instance_uid", "series__series_instance_uid"
+        )
+    }
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    studies: set[str] = set()
+    for index, item in enumerate(sent):
+        outcome = outcomes.get(index)
+        if outcome is not None and outcome.status != "rejected":
+            study, series = locations.get(outcome.sop_instance_uid, ("", ""))
+            studies.add(study)
+            entry = {
+                "00081150": attr("UI", item.sop_class),
+                "00081155": attr("UI", outcome.sop_instance_uid),
+                "00081190": attr(
+                    "UR",
+                    f"{scope.base_url}/studies/{study}/series/{series}"
+                    f"/instances/{outcome.sop_instance_uid}",
+                ),
+            }
+            if item.sop_uid and item.sop_uid != outcome.sop_instance_uid:
+                entry["00081196"] = attr("US", COERCION)
+                warnings.append(
+                    f"{item.name}: de-identified, stored as SOPInstanceUID {outcome.sop_instance_uid}"
+                )
+            referenced.append(dict(sorted(entry.items())))
+            continue
+        reason = item.error or (outcome.reason if outcome else "not processed")
+        code = item.reason_code or _failure_code(reason)
+        failed.append(
+            {
+                "00000902": attr("LO", f"{item.name}: {reason}"[:64]),
+                "00081150": attr("UI", item.sop_class),
+                "00081155": attr("UI", item.sop_uid),
+                "00081197": attr("US", code),
+            }
+        )
+        warnings.append(f"{item.name}: {reason}")
+    body: dict[str, Any] = {}
+    if len(studies) == 1:
+        body["00081190"] = attr("UR", f"{scope.base_url}/studies/{next(iter(studies))}")
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed and referenced:
+        code = status.HTTP_202_ACCEPTED
+    elif failed:
+        code = status.HTTP_409_CONFLICT
+    else:
+        code = status.HTTP_200_OK
+    return StowResult(code, body, warnings)
