@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from rest_framework import serializers, status
@@ -189,7 +190,11 @@ class UploadApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         project = serializers.SlugField(required=False)
-        deidentify = serializers.BooleanField(default=True)
+        # Not a BooleanField: DRF reads an absent checkbox in form data as False, and an
+        # upload that omits the field must still be de-identified.
+        deidentify = serializers.ChoiceField(
+            choices=["true", "false", "1", "0"], required=False, allow_blank=True
+        )
 
     def post(self, request: Request) -> Response:
         require_role(request, *WRITE_ROLES)
@@ -200,9 +205,9 @@ class UploadApi(APIView):
         if not uploads:
             raise ApplicationError("no files: send them as multipart field 'files'")
         items = _expand_uploads(uploads)
-        report = ingest_datasets_bytes(
-            items, project=project, deidentify=form.validated_data["deidentify"]
-        )
+        choice = form.validated_data.get("deidentify") or ""
+        deidentify = settings.DEIDENTIFY_BY_DEFAULT if not choice else choice in ("true", "1")
+        report = ingest_datasets_bytes(items, project=project, deidentify=deidentify)
         code: int = status.HTTP_201_CREATED if report.stored else status.HTTP_200_OK
         if report.rejected and not report.stored and not report.duplicate:
             code = status.HTTP_400_BAD_REQUEST

@@ -120,3 +120,21 @@ def test_pft_api_rejects_bad_rows_with_details(stored, coordinator, api_client_f
     )
     assert response.status_code == 400
     assert response.json()["errors"][0]["line"] == 1
+
+
+def test_an_upload_without_the_deidentify_field_is_deidentified(project, coordinator, api_client_for):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    files = [SimpleUploadedFile("0.dcm", ct_series_bytes(1, patient_id="REAL-ID")[0])]
+    api_client_for(coordinator).post("/api/v1/uploads/", {"files": files}, format="multipart")
+    assert Patient.objects.get().patient_id != "REAL-ID"
+
+
+def test_an_upload_can_opt_out_of_deidentification(project, coordinator, api_client_for):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    files = [SimpleUploadedFile("0.dcm", ct_series_bytes(1, patient_id="REAL-ID")[0])]
+    api_client_for(coordinator).post(
+        "/api/v1/uploads/", {"files": files, "deidentify": "false"}, format="multipart"
+    )
+    assert Patient.objects.get().patient_id == "REAL-ID"

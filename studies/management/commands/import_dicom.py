@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.models import Project
@@ -30,7 +31,9 @@ class Command(BaseCommand):
         )
         try:
             report = ingest_paths(
-                options["paths"], project=project, deidentify=not options["no_deidentify"]
+                options["paths"],
+                project=project,
+                deidentify=settings.DEIDENTIFY_BY_DEFAULT and not options["no_deidentify"],
             )
         except FileNotFoundError as exc:
             raise CommandError(str(exc)) from None
