@@ -62,7 +62,9 @@ def ct_slice(
     ds.PixelRepresentation = 1
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
-    pixels = (np.arange(size * size, dtype=np.int16).reshape(size, size) + fill + index).astype(np.int16)
+    pixels = (np.arange(size * size, dtype=np.int16).reshape(size, size) + fill + index).astype(
+        np.int16
+    )
     ds.PixelData = pixels.tobytes()
     return ds
 

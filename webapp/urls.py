@@ -32,5 +32,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("dicomweb/", include("studies.dicomweb.urls")),
     path("healthz", study_views.healthz, name="healthz"),
+    path("", include("annotation.urls")),
 ]

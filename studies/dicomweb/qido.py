@@ -17,7 +17,7 @@ from datetime import date
 from typing import Any, Literal
 
 from django.db.models import Count, Q, QuerySet
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from core.exceptions import ApplicationError
 from studies.dicomweb import selectors
@@ -268,7 +268,7 @@ def _condition(attribute: Attribute, path: str, value: str, fuzzy: bool) -> Q | 
     return condition
 
 
-def _apply_filters(queryset: QuerySet[Any], query: QidoQuery, model: type) -> QuerySet[Any]:
+def _apply_filters(queryset: QuerySet[Any], query: QidoQuery, model: Any) -> QuerySet[Any]:
     deep = Q()
     for attribute, value in query.filters:
         path = PREFIX[query.level][attribute.level] + attribute.path
@@ -379,7 +379,7 @@ def _extras(
 ) -> dict[str, Any]:
     """Attributes asked for with includefield that the index lacks, from a stored instance."""
     if representative is None:
-        return {}
+        representative = {}
     wanted: Iterable[str]
     if query.include_all:
         wanted = representative.keys()
@@ -387,9 +387,13 @@ def _extras(
         wanted = [f"{tag:08X}" for tag in query.include]
     extra: dict[str, Any] = {}
     for key in wanted:
-        if key in present or key not in representative:
+        if key in present:
             continue
         tag = int(key, 16)
+        if key not in representative:
+            # Asked for but absent: returned empty (PS3.18 F.2.5), so clients see "no value".
+            extra[key] = {"vr": _dictionary_vr(tag)}
+            continue
         if query.level != "instance" and (
             tag in INSTANCE_ONLY_TAGS or (tag >> 16) in INSTANCE_ONLY_GROUPS
         ):
@@ -435,30 +439,32 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
     )
     studies = list(_page(queryset, query))
     ids = [s.pk for s in studies]
-    counts = {
-        row["series__study_id"]: row
-        for row in selectors.visible_instances(scope)
-        .filter(series__study_id__in=ids)
-        .values("series__study_id")
-        .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
-        .order_by()
-    }
-    modalities: dict[Any, set[str]] = {}
-    for study_id, modality in (
+    # One aggregate per (study, modality): a series has one modality, so sums are exact.
+    counts: dict[Any, dict[str, Any]] = {}
+    for row in (
         selectors.visible_instances(scope)
         .filter(series__study_id__in=ids)
-        .values_list("series__study_id", "series__modality")
         .order_by()
-        .distinct()
+        .values("series__study_id", "series__modality")
+        .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
     ):
-        modalities.setdefault(study_id, set()).add(modality)
+        total = counts.setdefault(
+            row["series__study_id"], {"n_instances": 0, "n_series": 0, "modalities": set()}
+        )
+        total["n_instances"] += row["n_instances"]
+        total["n_series"] += row["n_series"]
+        total["modalities"].add(row["series__modality"])
     items = []
     for study in studies:
         item = _study_attributes(study, scope)
-        count = counts.get(study.pk, {})
-        item["00080061"] = attr("CS", *sorted(modalities.get(study.pk, ())))
-        item["00201206"] = attr("IS", count.get("n_series", 0))
-        item["00201208"] = attr("IS", count.get("n_instances", 0))
+        count = counts.get(study.pk, {"n_instances": 0, "n_series": 0, "modalities": set()})
+        modalities = sorted(count["modalities"])
+        item["00080061"] = attr("CS", *modalities)
+        if 0x00080060 in query.include:
+            # OHIF's study list asks for Modality at study level; it means the modalities.
+            item["00080060"] = attr("CS", *modalities)
+        item["00201206"] = attr("IS", count["n_series"])
+        item["00201208"] = attr("IS", count["n_instances"])
         items.append(item)
     if items and _needs_representative(query, set(items[0])):
         found = _representatives(scope, "series__study_id", ids)
@@ -556,3 +562,10 @@ def _require_study(scope: Scope, study_uid: str, series_uid: str | None = None) 
             f"no study {study_uid}" + (f" / series {series_uid}" if series_uid else ""),
             status_code=404,
         )
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"

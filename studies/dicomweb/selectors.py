@@ -8,9 +8,13 @@ SEG objects from a reader) hides them everywhere, counts included.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from rest_framework import status
 
@@ -102,3 +106,46 @@ def instances_under(
     if series_uid is not None:
         queryset = queryset.filter(series__series_instance_uid=series_uid)
     return queryset.order_by("series__series_number", "series_id", "instance_number", "pk")
+
+
+# ---- the frame hot path ------------------------------------------------------------------
+
+_SENTINELS = ("\x00study", "\x00series", "\x00sop")
+_SQL_TTL_S = 60.0
+_sql_cache: OrderedDict[tuple[Any, ...], tuple[float, str, list[Any], list[int]]] = OrderedDict()
+_sql_lock = threading.Lock()
+
+
+def instance_row(
+    scope: Scope, study_uid: str, series_uid: str, sop_uid: str, fields: tuple[str, ...]
+) -> tuple[Any, ...] | None:
+    """``instance_in(...).values_list(*fields)``, first row, with the SQL compiled once.
+
+    A viewer asks for hundreds of frames a second and compiling this many-join query costs
+    more than running it. The SQL is exactly what ``instance_in`` (so ``visible_instances``,
+    with any blinding filter) compiles for this user and project; it is rebuilt per user every
+    minute, so a filter that depends on Python-side state (a role) applies within a minute.
+    """
+    key = (getattr(scope.user, "pk", None), scope.project_slug, fields, connection.vendor)
+    now = time.monotonic()
+    with _sql_lock:
+        cached = _sql_cache.get(key)
+        if cached is not None and cached[0] < now:
+            cached = None
+    if cached is None:
+        queryset = instance_in(scope, *_SENTINELS).order_by().values_list(*fields)[:1]
+        sql, params = queryset.query.sql_with_params()
+        positions = [params.index(s) for s in _SENTINELS]
+        cached = (now + _SQL_TTL_S, sql, list(params), positions)
+        with _sql_lock:
+            _sql_cache[key] = cached
+            while len(_sql_cache) > 512:
+                _sql_cache.popitem(last=False)
+    _, sql, template, positions = cached
+    values = list(template)
+    for position, value in zip(positions, (study_uid, series_uid, sop_uid), strict=True):
+        values[position] = value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None

@@ -81,13 +81,27 @@ class _Sent:
     reason_code: int = 0
 
 
+def with_preamble(data: bytes) -> bytes:
+    """A PS3.10 file from a part that starts at its File Meta Information.
+
+    dicomweb-client (``pydicom.dcmwrite`` without ``enforce_file_format``) and some PACS send
+    datasets without the 128-byte preamble and "DICM" prefix; the ingest service, rightly for
+    files on disk, insists on them.
+    """
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":
+        return b"\x00" * 128 + b"DICM" + data
+    return data
+
+
 def _peek(name: str, data: bytes) -> _Sent:
     """The UIDs the client sent, for the response and the study check (header only)."""
+    data = with_preamble(data)
     sent = _Sent(name, data)
     try:
         header = pydicom.dcmread(
             io.BytesIO(data),
             stop_before_pixels=True,
+            force=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
         )
         meta = getattr(header, "file_meta", None)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -115,11 +116,7 @@ class FramePlan:
 
 
 def frame_ref(scope: Scope, study_uid: str, series_uid: str, sop_uid: str) -> FrameRef:
-    row = (
-        selectors.instance_in(scope, study_uid, series_uid, sop_uid)
-        .values_list(*FRAME_FIELDS)
-        .first()
-    )
+    row = selectors.instance_row(scope, study_uid, series_uid, sop_uid, FRAME_FIELDS)
     if row is None:
         raise not_found(f"instance {sop_uid}")
     return FrameRef(*row)
@@ -189,14 +186,14 @@ def read_frames(ref: FrameRef, numbers: list[int], plan: FramePlan) -> list[byte
                 return [os.pread(fd, size, ref.pixel_data_offset + (n - 1) * size) for n in numbers]
             finally:
                 os.close(fd)
-    if not plan.decode and ref.transfer_syntax_uid in FRAME_MEDIA_TYPES:
-        if ref.pixel_data_offset is not None:
-            with ref.path.open("rb") as handle:
-                frames = []
-                for n in numbers:
-                    handle.seek(ref.pixel_data_offset)
-                    frames.append(get_frame(handle, n - 1, number_of_frames=ref.number_of_frames))
-                return frames
+    encapsulated = ref.transfer_syntax_uid in FRAME_MEDIA_TYPES
+    if not plan.decode and encapsulated and ref.pixel_data_offset is not None:
+        with ref.path.open("rb") as handle:
+            frames = []
+            for n in numbers:
+                handle.seek(ref.pixel_data_offset)
+                frames.append(get_frame(handle, n - 1, number_of_frames=ref.number_of_frames))
+            return frames
     return [decode_frame(ref.path, n - 1) for n in numbers]
 
 
@@ -227,7 +224,7 @@ def frames_body(ref: FrameRef, numbers: list[int], plan: FramePlan) -> tuple[str
 # ---- metadata ----------------------------------------------------------------------------
 
 
-def _backfill(rows: list[tuple[object, str, str]]) -> list[str]:
+def _backfill(rows: list[tuple[Any, str, str]]) -> list[str]:
     """Stored JSON per row; rows ingested before it existed get it computed and saved once."""
     texts = []
     for pk, text, relpath in rows:

@@ -1,0 +1,479 @@
+"""Our DICOMweb server against Orthanc, on loopback, the same series loaded into both.
+
+One command (needs PostgreSQL on 127.0.0.1:5432 and the Debian packages orthanc and
+orthanc-dicomweb)::
+
+    .venv/bin/python benchmarks/bench_dicomweb.py                     # POPI CT + 400x512x512
+    .venv/bin/python benchmarks/bench_dicomweb.py --slices 60 --quick # a smoke run
+
+It creates a scratch PostgreSQL database, migrates it, starts gunicorn (the production WSGI
+server, gthread workers) and Orthanc 1.x with its DICOMweb plugin, each with its own storage in
+a temporary folder, then for each series (the POPI CT from ../shared/data/real/popi-00-ct and
+a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
+
+* STOW-RS throughput (instances/s; ours de-identifies every instance, as in production);
+* QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends);
+* series metadata latency (WADO-RS .../series/{uid}/metadata, median of repeats);
+* WADO-RS frame throughput, one client and eight concurrent clients (separate processes,
+  keep-alive connections, each fetching frame 1 of every instance with OHIF's Accept header);
+* rendered PNG latency (middle slice, median);
+* peak resident memory of each server (VmHWM; ours summed over gunicorn master + workers).
+
+Every figure is printed with the ratio ours/Orthanc, followed by one JSON line.
+Everything started is stopped and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.dicom_builders import ct_slice, to_bytes  # noqa: E402
+from tests.dicomweb_tests import orthanc_harness  # noqa: E402
+
+PYTHON = REPO / ".venv" / "bin" / "python"
+GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
+OHIF_FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+OHIF_STUDY_QUERY = (
+    "/studies?limit=101&offset=0&fuzzymatching=false"
+    "&includefield=00081030%2C00080060%2C00080090%2C00100030"
+)
+STOW_BATCH = 20
+
+
+# ---- data --------------------------------------------------------------------------------
+
+
+def popi_files(folder: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(folder.glob("*.dcm"))]
+
+
+def phantom_files(slices: int, size: int, kind: str) -> tuple[list[bytes], str]:
+    """A chest CT series of ``slices`` x ``size`` x ``size`` int16 HU, as explicit VR LE."""
+    hu: np.ndarray | None = None
+    source = "simple"
+    if kind in ("auto", "inference"):
+        try:
+            from inference.phantoms import make_phantom
+
+            started = time.perf_counter()
+            hu = make_phantom(seed=7, shape_kji=(slices, size, size)).ct.array.astype(np.int16)
+            source = f"inference.phantoms.make_phantom ({time.perf_counter() - started:.0f} s)"
+        except Exception as exc:
+            if kind == "inference":
+                raise
+            print(f"  (inference phantom unavailable: {exc}; using the simple one)")
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(7)
+    j, i = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    body = (i / 0.45) ** 2 + (j / 0.33) ** 2 < 1
+    lungs = ((np.abs(i) - 0.2) / 0.15) ** 2 + (j / 0.25) ** 2 < 1
+    files = []
+    for k in range(slices):
+        if hu is not None:
+            pixels = hu[k]
+        else:
+            noise = rng.normal(0, 20, (size, size)).astype(np.float32)
+            image = np.where(body, 40.0, -1000.0) + noise
+            image = np.where(lungs & body, -850.0 + noise, image)
+            pixels = image.astype(np.int16)
+        ds = ct_slice(
+            study_uid=study,
+            series_uid=series,
+            index=k,
+            size=size,
+            patient_id="BENCH-PHANTOM",
+            patient_name="PHANTOM^CHEST",
+            spacing_mm=1.0,
+        )
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+        files.append(to_bytes(ds))
+    return files, source
+
+
+# ---- HTTP --------------------------------------------------------------------------------
+
+
+class Http:
+    """A keep-alive HTTP/1.1 connection (what a viewer's browser keeps per origin)."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+        parts = urlsplit(base)
+        self.host, self.port, self.prefix = parts.hostname or "", parts.port or 80, parts.path
+        self.headers = headers or {}
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        merged = {**self.headers, **(headers or {})}
+        for attempt in range(2):
+            try:
+                self.conn.request(method, self.prefix + path, body=body, headers=merged)
+                response = self.conn.getresponse()
+                data = response.read()
+                return response.status, dict(response.getheaders()), data
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, accept: str) -> bytes:
+        status, _, data = self.request("GET", path, {"Accept": accept})
+        if status != 200:
+            raise RuntimeError(f"GET {self.prefix}{path}: {status} {data[:300]!r}")
+        return data
+
+
+@dataclass
+class Server:
+    name: str
+    root: str  # DICOMweb root URL
+    headers: dict[str, str] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+
+    def http(self) -> Http:
+        return Http(self.root, self.headers)
+
+
+def stow(server: Server, files: list[bytes]) -> tuple[float, dict[str, Any]]:
+    """Instances/s storing ``files`` in batches; the last response body."""
+    client = server.http()
+    boundary = "benchboundary7d3f"
+    last: dict[str, Any] = {}
+    started = time.perf_counter()
+    for start in range(0, len(files), STOW_BATCH):
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+                for data in files[start : start + STOW_BATCH]
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
+        status, _, data = client.request(
+            "POST",
+            "/studies",
+            {
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+            body,
+        )
+        if status not in (200, 202):
+            raise RuntimeError(f"{server.name} STOW: {status} {data[:500]!r}")
+        last = json.loads(data) if data else {}
+    return len(files) / (time.perf_counter() - started), last
+
+
+def series_instances(server: Server, study: str, series: str) -> list[str]:
+    items = json.loads(
+        server.http().get(f"/studies/{study}/series/{series}/instances", "application/dicom+json")
+    )
+    items.sort(key=lambda item: int(item.get("00200013", {}).get("Value", [0])[0]))
+    return [item["00080018"]["Value"][0] for item in items]
+
+
+def timed(fn: Any, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def percentile(values: list[float], pct: float) -> float:
+    return float(np.percentile(np.asarray(values), pct))
+
+
+def _frame_worker(args: tuple[Server, list[str], Any]) -> tuple[int, int, float, float]:
+    server, paths, barrier = args
+    client = server.http()
+    client.get(paths[0], OHIF_FRAME_ACCEPT)  # connect and warm up before the clock
+    barrier.wait()
+    started = time.perf_counter()
+    total = 0
+    for path in paths:
+        total += len(client.get(path, OHIF_FRAME_ACCEPT))
+    return len(paths), total, started, time.perf_counter()
+
+
+def frame_throughput(server: Server, paths: list[str], clients: int) -> float:
+    """Frames/s with ``clients`` processes each fetching every frame once."""
+    ctx = mp.get_context("fork")
+    barrier = ctx.Manager().Barrier(clients)
+    with ctx.Pool(clients) as pool:
+        results = pool.map(_frame_worker, [(server, paths, barrier)] * clients)
+    frames = sum(r[0] for r in results)
+    wall = max(r[3] for r in results) - min(r[2] for r in results)
+    return frames / wall
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    return sum(orthanc_harness.peak_rss_kb(pid) for pid in pids) / 1024
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def measure(server: Server, files: list[bytes], args: argparse.Namespace) -> dict[str, float]:
+    print(f"  {server.name}: STOW {len(files)} instances ...", flush=True)
+    stow_rate, response = stow(server, files)
+    referenced = response["00081199"]["Value"][0]["00081190"]["Value"][0]
+    study = referenced.split("/studies/")[1].split("/")[0]
+    series = referenced.split("/series/")[1].split("/")[0]
+    sops = series_instances(server, study, series)
+    assert len(sops) == len(files), (server.name, len(sops))
+    client = server.http()
+    qido = timed(lambda: client.get(OHIF_STUDY_QUERY, "application/dicom+json"), args.qido_repeats)
+    metadata = timed(
+        lambda: client.get(f"/studies/{study}/series/{series}/metadata", "application/dicom+json"),
+        args.metadata_repeats,
+    )
+    paths = [f"/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
+    one = frame_throughput(server, paths, 1)
+    many = frame_throughput(server, paths, args.clients)
+    middle = f"/studies/{study}/series/{series}/instances/{sops[len(sops) // 2]}/rendered"
+    rendered = timed(lambda: client.get(middle, "image/png"), args.render_repeats)
+    return {
+        "stow_instances_per_s": stow_rate,
+        "qido_p50_ms": percentile(qido, 50),
+        "qido_p95_ms": percentile(qido, 95),
+        "series_metadata_ms": statistics.median(metadata),
+        "frames_per_s_1_client": one,
+        f"frames_per_s_{args.clients}_clients": many,
+        "rendered_png_ms": statistics.median(rendered),
+    }
+
+
+# ---- servers -----------------------------------------------------------------------------
+
+
+class Ours:
+    """gunicorn + PostgreSQL, configured from the environment as in production."""
+
+    def __init__(self, folder: Path, args: argparse.Namespace) -> None:
+        import psycopg
+
+        self.db = f"ild_bench_{os.getpid()}"
+        self.admin_url = args.postgres.rstrip("/") + "/postgres"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db}"')
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"{args.postgres.rstrip('/')}/{self.db}",
+            "DJANGO_SETTINGS_MODULE": "webapp.settings.base",
+            "DJANGO_SECRET_KEY": "benchmark-only-secret",
+            "ILD_VAR_DIR": str(folder / "var"),
+            "ILD_STORAGE_ROOT": str(folder / "storage"),
+            "LOG_LEVEL": "WARNING",
+        }
+        subprocess.run(
+            [str(PYTHON), "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+        )
+        token = (
+            subprocess.run(
+                [str(PYTHON), "manage.py", "shell", "-c", SEED_SCRIPT],
+                cwd=REPO,
+                env=self.env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        port = orthanc_harness.free_port()
+        self.log = (folder / "gunicorn.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(GUNICORN),
+                "webapp.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(args.workers),
+                "--threads",
+                str(args.threads),
+                "--worker-class",
+                "gthread",
+                "--keep-alive",
+                "30",
+                "--timeout",
+                "300",
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.server = Server(
+            "ours", f"http://127.0.0.1:{port}/dicomweb", {"Authorization": f"Token {token}"}
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status, _, _ = Http(f"http://127.0.0.1:{port}").request("GET", "/healthz")
+                if status < 500:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("gunicorn did not start")
+
+    def pids(self) -> list[int]:
+        return [self.process.pid, *children_of(self.process.pid)]
+
+    def stop(self) -> None:
+        import psycopg
+
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+
+
+SEED_SCRIPT = """
+from core.models import Membership, Project, User
+from rest_framework.authtoken.models import Token
+project = Project.objects.create(slug="bench", name="Benchmark")
+user = User.objects.create_user(username="bench", password="bench", role="coordinator")
+Membership.objects.create(user=user, project=project)
+print(Token.objects.create(user=user).key)
+"""
+
+
+# ---- report ------------------------------------------------------------------------------
+
+LOWER_IS_BETTER = ("_ms", "memory")
+
+
+def report(dataset: str, ours: dict[str, float], theirs: dict[str, float] | None) -> None:
+    print(f"\n{dataset}")
+    print(f"  {'metric':34s} {'ours':>11s} {'Orthanc':>11s} {'ours/Orthanc':>13s}")
+    for key, value in ours.items():
+        other = theirs.get(key) if theirs else None
+        ratio = f"{value / other:13.2f}" if other else f"{'-':>13s}"
+        better = "lower is better" if any(t in key for t in LOWER_IS_BETTER) else "higher is better"
+        other_text = f"{other:11.1f}" if other is not None else f"{'-':>11s}"
+        print(f"  {key:34s} {value:11.1f} {other_text} {ratio}   ({better})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--popi", type=Path, default=REPO.parent / "shared" / "data" / "real" / "popi-00-ct"
+    )
+    parser.add_argument("--slices", type=int, default=400)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--phantom", choices=["auto", "inference", "simple"], default="auto")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--qido-repeats", type=int, default=100)
+    parser.add_argument("--metadata-repeats", type=int, default=10)
+    parser.add_argument("--render-repeats", type=int, default=20)
+    parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.qido_repeats, args.metadata_repeats, args.render_repeats = 20, 3, 5
+    if not args.no_orthanc and not orthanc_harness.available():
+        print(
+            "Orthanc + DICOMweb plugin not installed: apt-get install -y orthanc orthanc-dicomweb"
+        )
+        return 2
+
+    datasets: list[tuple[str, list[bytes]]] = []
+    if args.popi.exists():
+        datasets.append((f"POPI CT ({args.popi.name})", popi_files(args.popi)))
+    else:
+        print(f"  ({args.popi} not found: POPI skipped)")
+    print(f"generating the {args.slices}x{args.size}x{args.size} phantom ...", flush=True)
+    files, source = phantom_files(args.slices, args.size, args.phantom)
+    datasets.append((f"phantom {args.slices}x{args.size}x{args.size} ({source})", files))
+
+    folder = Path(tempfile.mkdtemp(prefix="ild-bench-dicomweb-"))
+    ours = orthanc = None
+    results: dict[str, Any] = {"workers": args.workers, "threads": args.threads, "datasets": {}}
+    try:
+        ours = Ours(folder, args)
+        if not args.no_orthanc:
+            orthanc = orthanc_harness.Orthanc()
+            orthanc_server = Server("Orthanc", orthanc.dicomweb, {}, [orthanc.process.pid])
+        for name, files in datasets:
+            print(
+                f"\n{name}: {len(files)} instances, {sum(map(len, files)) / 1e6:.0f} MB", flush=True
+            )
+            mine = measure(ours.server, files, args)
+            theirs = measure(orthanc_server, files, args) if orthanc else None
+            report(name, mine, theirs)
+            results["datasets"][name] = {"ours": mine, "orthanc": theirs}
+        ours_mb = peak_rss_mb(ours.pids())
+        orthanc_mb = orthanc.peak_rss_kb() / 1024 if orthanc else None
+        line = f"\npeak memory (MB, VmHWM): ours {ours_mb:.0f} (gunicorn master + workers)"
+        if orthanc_mb:
+            line += f", Orthanc {orthanc_mb:.0f}, ratio {ours_mb / orthanc_mb:.2f}"
+        print(line)
+        memory = {"ours": ours_mb, "orthanc": orthanc_mb}
+        results["peak_memory_mb"] = memory
+        print(json.dumps(results))
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
+        if ours is not None:
+            ours.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

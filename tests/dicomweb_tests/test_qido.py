@@ -1,0 +1,154 @@
+"""QIDO-RS: matching, return attributes, paging, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dicomweb_tests.conftest import ROOT, store_series
+
+pytestmark = pytest.mark.django_db
+
+JSON = {"HTTP_ACCEPT": "application/dicom+json"}
+
+
+def values(items, tag):
+    return [item[tag].get("Value", [None])[0] for item in items]
+
+
+def search(client, url, **params):
+    response = client.get(url, params, **JSON)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/dicom+json"
+    return response.json()
+
+
+def test_it_lists_studies_with_standard_return_attributes(api_client_for, reader_a, series):
+    (study,) = search(api_client_for(reader_a), f"{ROOT}/studies")
+    assert study["0020000D"]["Value"] == [series.study.study_instance_uid]
+    assert study["00100010"]["Value"] == [{"Alphabetic": "DOE^JANE"}]
+    assert study["00080061"]["Value"] == ["CT"]
+    assert study["00201206"]["Value"] == [1]
+    assert study["00201208"]["Value"] == [3]
+    assert study["00081190"]["Value"][0].endswith(
+        f"/dicomweb/studies/{series.study.study_instance_uid}"
+    )
+    assert study["00080020"]["Value"] == ["20240115"]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"PatientID": "HOSP-001"}, ["HOSP-001"]),
+        ({"00100020": "HOSP-001"}, ["HOSP-001"]),
+        ({"PatientName": "*doe*"}, ["HOSP-001"]),
+        ({"PatientName": "D?E^JANE"}, ["HOSP-001"]),
+        ({"PatientName": "jane", "fuzzymatching": "true"}, ["HOSP-001"]),
+        ({"PatientName": "jane", "fuzzymatching": "false"}, []),
+        ({"StudyDate": "20240101-20240131"}, ["HOSP-001"]),
+        ({"StudyDate": "20240116-"}, ["HOSP-002"]),
+        ({"StudyDate": "-20240115"}, ["HOSP-001"]),
+        ({"AccessionNumber": "ACC123"}, ["HOSP-001", "HOSP-002"]),
+        ({"ModalitiesInStudy": "CT"}, ["HOSP-001", "HOSP-002"]),
+        ({"ModalitiesInStudy": "MR"}, []),
+        ({"PatientID": "*"}, ["HOSP-001", "HOSP-002"]),
+    ],
+)
+def test_study_matching(api_client_for, reader_a, project, params, expected):
+    store_series(project, 1, patient_id="HOSP-001", patient_name="DOE^JANE")
+    store_series(project, 1, patient_id="HOSP-002", patient_name="ROE^RICH", study_date="20240301")
+    found = search(api_client_for(reader_a), f"{ROOT}/studies", **params)
+    assert sorted(values(found, "00100020")) == expected
+
+
+def test_study_uid_lists_match_any_listed_study(api_client_for, reader_a, project):
+    a = store_series(project, 1, patient_id="A")
+    store_series(project, 1, patient_id="B")
+    c = store_series(project, 1, patient_id="C")
+    uids = f"{a.study.study_instance_uid},{c.study.study_instance_uid}"
+    found = search(api_client_for(reader_a), f"{ROOT}/studies", StudyInstanceUID=uids)
+    assert sorted(values(found, "00100020")) == ["A", "C"]
+
+
+def test_limit_and_offset_page_through_studies(api_client_for, reader_a, project):
+    for name in "ABCDE":
+        store_series(project, 1, patient_id=name)
+    client = api_client_for(reader_a)
+    first = search(client, f"{ROOT}/studies", limit=2, offset=0)
+    second = search(client, f"{ROOT}/studies", limit=2, offset=2)
+    rest = search(client, f"{ROOT}/studies", offset=4)
+    assert values(first + second + rest, "00100020") == list("ABCDE")
+
+
+def test_includefield_adds_attributes_from_the_stored_instances(api_client_for, reader_a, series):
+    client = api_client_for(reader_a)
+    (found,) = search(
+        client,
+        f"{ROOT}/studies/{series.study.study_instance_uid}/series",
+        includefield="InstitutionName,SeriesTime,0008103E",
+    )
+    assert found["0020000E"]["Value"] == [series.series_instance_uid]
+    assert found["00201209"]["Value"] == [3]
+    # Not indexed: InstitutionName comes from the stored JSON; SeriesTime is absent, so empty.
+    assert found["00080080"]["Value"] == ["Hospital"]
+    assert found["00080031"] == {"vr": "TM"}
+    (everything,) = search(
+        client, f"{ROOT}/studies/{series.study.study_instance_uid}/series", includefield="all"
+    )
+    assert everything["00180050"]["Value"] == [2.0]  # SliceThickness
+    assert "00200013" not in everything  # instance-level attributes stay off a series
+
+
+def test_series_and_instances_can_be_searched_at_every_level(api_client_for, reader_a, series):
+    client = api_client_for(reader_a)
+    study_uid = series.study.study_instance_uid
+    assert len(search(client, f"{ROOT}/series", Modality="CT")) == 1
+    assert len(search(client, f"{ROOT}/series", SeriesInstanceUID=series.series_instance_uid)) == 1
+    assert len(search(client, f"{ROOT}/instances")) == 3
+    assert len(search(client, f"{ROOT}/studies/{study_uid}/instances")) == 3
+    found = search(
+        client,
+        f"{ROOT}/studies/{study_uid}/series/{series.series_instance_uid}/instances",
+        InstanceNumber="2",
+    )
+    assert values(found, "00200013") == [2]
+    assert found[0]["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
+    assert found[0]["00280010"]["Value"] == [16]
+
+
+def test_an_unsupported_but_valid_attribute_is_ignored_with_a_warning(
+    api_client_for, reader_a, series
+):
+    response = api_client_for(reader_a).get(f"{ROOT}/studies", {"PatientAge": "050Y"}, **JSON)
+    assert response.status_code == 200
+    assert len(response.json()) == 1
+    assert "PatientAge" in response["Warning"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"NotAnAttribute": "x"},
+        {"StudyDate": "2024-13-45"},
+        {"StudyDate": "yesterday"},
+        {"limit": "-1"},
+        {"offset": "many"},
+        {"includefield": "Nonsense"},
+        {"StudyInstanceUID": "1.2.abc"},
+    ],
+)
+def test_bad_queries_are_400(api_client_for, reader_a, series, params):
+    response = api_client_for(reader_a).get(f"{ROOT}/studies", params, **JSON)
+    assert response.status_code == 400
+    assert response.json()["detail"]
+
+
+def test_an_unknown_study_is_404_when_searching_below_it(api_client_for, reader_a, series):
+    response = api_client_for(reader_a).get(f"{ROOT}/studies/1.2.3.4/series", **JSON)
+    assert response.status_code == 404
+
+
+def test_unsupported_accept_is_406(api_client_for, reader_a, series):
+    response = api_client_for(reader_a).get(
+        f"{ROOT}/studies", HTTP_ACCEPT='multipart/related; type="application/dicom+xml"'
+    )
+    assert response.status_code == 406
