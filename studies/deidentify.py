@@ -421,8 +421,10 @@ class Deidentifier:
 
     # --- The profile.
 
-    def apply(self, ds: Dataset) -> DeidentificationResult:
-        """De-identify a copy of ``ds`` (the caller's dataset is never modified).
+    def apply(self, ds: Dataset, *, in_place: bool = False) -> DeidentificationResult:
+        """De-identify a copy of ``ds`` (the caller's dataset is never modified), or ``ds``
+        itself with ``in_place=True`` when the caller has no further use for the original
+        (ingest: the copy costs as much as the profile itself).
 
         Raises ``DeidentificationError`` when PatientID, StudyInstanceUID and PatientName are all
         empty (no stable pseudonym possible). Pixel data is copied unchanged.
@@ -440,15 +442,19 @@ class Deidentifier:
             copy.deepcopy(item) for item in ds.get("DeidentificationMethodCodeSequence", [])
         ]
 
-        out = copy.deepcopy(ds)
+        series_uid = _normalise_uid(_text(ds.get("SeriesInstanceUID", "")))
+        sop_uid = _normalise_uid(_text(ds.get("SOPInstanceUID", "")))
+        original_birth_date = _text(ds.get("PatientBirthDate", ""))
+        original_accession = _text(ds.get("AccessionNumber", ""))
+        warnings = _pixel_warnings(ds)
+
+        out = ds if in_place else copy.deepcopy(ds)
         self._clean(out, walk, depth=0)
         out.PatientName = walk.pseudonym
         out.PatientID = walk.pseudonym
         self._stamp(out, previous_methods, previous_codes)
         self._clean_file_meta(out, walk)
 
-        series_uid = _normalise_uid(_text(ds.get("SeriesInstanceUID", "")))
-        sop_uid = _normalise_uid(_text(ds.get("SOPInstanceUID", "")))
         key = DeidentificationKey(
             method_version=METHOD_VERSION,
             pseudonym=walk.pseudonym,
@@ -456,8 +462,8 @@ class Deidentifier:
             date_shift_days=walk.shift_days,
             original_patient_id=patient_id,
             original_patient_name=patient_name,
-            original_patient_birth_date=_text(ds.get("PatientBirthDate", "")),
-            original_accession_number=_text(ds.get("AccessionNumber", "")),
+            original_patient_birth_date=original_birth_date,
+            original_accession_number=original_accession,
             original_study_instance_uid=study_uid,
             study_instance_uid=walk.uid_map.get(study_uid, ""),
             original_series_instance_uid=series_uid,
@@ -466,7 +472,7 @@ class Deidentifier:
             sop_instance_uid=walk.uid_map.get(sop_uid, ""),
             uid_map=dict(walk.uid_map),
         )
-        return DeidentificationResult(dataset=out, key=key, warnings=_pixel_warnings(ds))
+        return DeidentificationResult(dataset=out, key=key, warnings=warnings)
 
     # --- Internals.
 

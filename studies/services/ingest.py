@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -53,6 +53,8 @@ REQUIRED_ATTRIBUTES = (
     ("PixelSpacing", "(0028,0030)"),
 )
 PIXEL_DATA_TAG = 0x7FE00010
+# Files per transaction: one commit (and one disk flush) per batch instead of per file.
+BATCH_SIZE = 64
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -119,52 +121,135 @@ def ingest_paths(
     paths: Iterable[str | Path], *, project: Project, deidentify: bool = True
 ) -> IngestReport:
     """Ingest files, folders (recursively) and .zip archives."""
-    report = IngestReport()
-    deidentifier = make_deidentifier() if deidentify else None
-    for item in expand_inputs([Path(p) for p in paths]):
-        if isinstance(item, RejectedInput):
-            report.outcomes.append(FileOutcome(item.display_name, "rejected", item.reason))
-            continue
-        try:
-            with item.open() as handle:
-                data = handle.read()
-        except (ArchiveError, OSError) as exc:  # one bad member must not stop the others
-            report.outcomes.append(FileOutcome(item.display_name, "rejected", str(exc)))
-            continue
-        report.outcomes.append(
-            ingest_bytes(item.display_name, data, project=project, deidentifier=deidentifier)
-        )
-    refresh_series_geometry(report.series_uids)
-    return report
+
+    def read_all() -> Iterator[tuple[str, bytes] | FileOutcome]:
+        for item in expand_inputs([Path(p) for p in paths]):
+            if isinstance(item, RejectedInput):
+                yield FileOutcome(item.display_name, "rejected", item.reason)
+                continue
+            try:
+                with item.open() as handle:
+                    yield item.display_name, handle.read()
+            except (ArchiveError, OSError) as exc:  # one bad member must not stop the others
+                yield FileOutcome(item.display_name, "rejected", str(exc))
+
+    return _ingest(read_all(), project=project, deidentify=deidentify)
 
 
 def ingest_datasets_bytes(
     items: Iterable[tuple[str, bytes]], *, project: Project, deidentify: bool = True
 ) -> IngestReport:
     """Ingest in-memory files (upload API, STOW-RS)."""
+    return _ingest(items, project=project, deidentify=deidentify)
+
+
+def _ingest(
+    items: Iterable[tuple[str, bytes] | FileOutcome], *, project: Project, deidentify: bool
+) -> IngestReport:
     report = IngestReport()
     deidentifier = make_deidentifier() if deidentify else None
-    for name, data in items:
-        report.outcomes.append(ingest_bytes(name, data, project=project, deidentifier=deidentifier))
+    batch: list[tuple[str, bytes]] = []
+    for item in items:
+        if isinstance(item, FileOutcome):
+            report.outcomes.append(item)
+            continue
+        batch.append(item)
+        if len(batch) >= BATCH_SIZE:
+            report.outcomes.extend(_ingest_batch(batch, project=project, deidentifier=deidentifier))
+            batch = []
+    if batch:
+        report.outcomes.extend(_ingest_batch(batch, project=project, deidentifier=deidentifier))
     refresh_series_geometry(report.series_uids)
     return report
+
+
+@dataclass
+class _Prepared:
+    name: str
+    dataset: Dataset
+    data: bytes
+    key: DeidentificationKey | None
+
+
+def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> _Prepared | FileOutcome:
+    """Validate and de-identify one file (no database, no disk)."""
+    try:
+        dataset = parse_ct_instance(data)
+        key: DeidentificationKey | None = None
+        if deidentifier is not None:
+            result = deidentifier.apply(dataset, in_place=True)
+            dataset, key = result.dataset, result.key
+            data = encode(dataset)
+        return _Prepared(name, dataset, data, key)
+    except RejectedFile as exc:
+        return FileOutcome(name, "rejected", str(exc))
+    except DeidentificationError as exc:
+        return FileOutcome(name, "rejected", f"cannot de-identify: {exc}")
 
 
 def ingest_bytes(
     name: str, data: bytes, *, project: Project, deidentifier: Deidentifier | None
 ) -> FileOutcome:
+    """Ingest one file in its own transaction."""
+    return _ingest_batch([(name, data)], project=project, deidentifier=deidentifier)[0]
+
+
+def _ingest_batch(
+    items: list[tuple[str, bytes]], *, project: Project, deidentifier: Deidentifier | None
+) -> list[FileOutcome]:
+    """Store a batch in one transaction: each file in its own savepoint, files renamed into
+    place just before the commit and removed again if the commit fails."""
+    prepared = [prepare(name, data, deidentifier) for name, data in items]
+    outcomes: list[FileOutcome] = []
+    moves: list[tuple[Path, Path]] = []
+    renamed: list[Path] = []
     try:
-        dataset = parse_ct_instance(data)
-        identity: DeidentificationKey | None = None
-        if deidentifier is not None:
-            result = deidentifier.apply(dataset)
-            dataset, identity = result.dataset, result.key
-            data = encode(dataset)
-        return store_instance(name, dataset, data, project=project, identity=identity)
-    except RejectedFile as exc:
-        return FileOutcome(name, "rejected", str(exc))
-    except DeidentificationError as exc:
-        return FileOutcome(name, "rejected", f"cannot de-identify: {exc}")
+        with transaction.atomic():
+            hierarchy = _HierarchyCache(project)
+            for item in prepared:
+                if isinstance(item, FileOutcome):
+                    outcomes.append(item)
+                    continue
+                outcome, move = _store_one(item, hierarchy)
+                outcomes.append(outcome)
+                if move is not None:
+                    moves.append(move)
+            storage.make_durable([temp for temp, _ in moves])
+            for temp, final in moves:
+                temp.replace(final)
+                renamed.append(final)
+    except BaseException:
+        for final in renamed:
+            final.unlink(missing_ok=True)
+        for temp, _ in moves:
+            temp.unlink(missing_ok=True)
+        raise
+    return outcomes
+
+
+class _HierarchyCache:
+    """Series rows already indexed in this transaction, so a series costs one lookup per batch."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.series: dict[str, Series] = {}
+
+    def series_for(self, dataset: Dataset, key: DeidentificationKey | None) -> Series:
+        cached = self.series.get(str(dataset.SeriesInstanceUID))
+        if cached is not None:
+            if cached.study.study_instance_uid != str(dataset.StudyInstanceUID):
+                raise RejectedFile(
+                    f"SeriesInstanceUID {dataset.SeriesInstanceUID} is already stored under another study"
+                )
+            if cached.study.patient.patient_id != patient_id_of(dataset):
+                raise RejectedFile(
+                    f"StudyInstanceUID {dataset.StudyInstanceUID} belongs to another patient"
+                )
+            return cached
+        return _index_hierarchy(dataset, project=self.project, identity=key)
+
+    def remember(self, series: Series) -> None:
+        self.series[series.series_instance_uid] = series
 
 
 def parse_ct_instance(data: bytes) -> Dataset:
@@ -229,14 +314,22 @@ def encode(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def pixel_data_location(data: bytes) -> dict[str, int | None]:
-    """Byte offset and length of the Pixel Data value in an encoded file."""
+def pixel_data_location(dataset: Dataset, data: bytes) -> dict[str, int | None]:
+    """Byte offset and length of the Pixel Data value in ``data``, the encoded ``dataset``.
+
+    Pixel Data is nearly always the last element, so its value is the tail of the file: check the
+    length field in front of it and fall back to a parse when something follows it.
+    """
+    element = dataset.get(PIXEL_DATA_TAG)
+    if element is None or element.is_undefined_length:
+        return {"pixel_data_offset": None, "pixel_data_length": None}
+    length = len(element.value)
+    offset = len(data) - length
+    if offset >= 4 and int.from_bytes(data[offset - 4 : offset], "little") == length:
+        return {"pixel_data_offset": offset, "pixel_data_length": length}
     parsed = pydicom.dcmread(io.BytesIO(data))
-    element = parsed[PIXEL_DATA_TAG]
-    offset = getattr(element, "file_tell", None)
-    if offset is None or element.is_undefined_length:
-        return {"pixel_data_offset": offset, "pixel_data_length": None}
-    return {"pixel_data_offset": offset, "pixel_data_length": len(element.value)}
+    offset = getattr(parsed[PIXEL_DATA_TAG], "file_tell", None)
+    return {"pixel_data_offset": offset, "pixel_data_length": length}
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 200) -> str:
@@ -275,14 +368,11 @@ def patient_id_of(dataset: Dataset) -> str:
     return "ANON-" + storage.sha256_hex(str(dataset.StudyInstanceUID).encode())[:12].upper()
 
 
-def store_instance(
-    name: str,
-    dataset: Dataset,
-    data: bytes,
-    *,
-    project: Project,
-    identity: DeidentificationKey | None,
-) -> FileOutcome:
+def _store_one(
+    item: _Prepared, hierarchy: _HierarchyCache
+) -> tuple[FileOutcome, tuple[Path, Path] | None]:
+    """Index one prepared file in a savepoint and write it beside its final path."""
+    dataset, data, name = item.dataset, item.data, item.name
     study_uid = str(dataset.StudyInstanceUID)
     series_uid = str(dataset.SeriesInstanceUID)
     sop_uid = str(dataset.SOPInstanceUID)
@@ -291,14 +381,12 @@ def store_instance(
 
     existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
     if existing is not None:
-        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid)
+        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid), None
 
     temp = storage.write_temp_beside(relpath, data)
-    final = storage.absolute(relpath)
-    renamed = False
     try:
         with transaction.atomic():
-            series = _index_hierarchy(dataset, project=project, identity=identity)
+            series = hierarchy.series_for(dataset, item.key)
             Instance.objects.create(
                 series=series,
                 sop_instance_uid=sop_uid,
@@ -314,31 +402,26 @@ def store_instance(
                 file=relpath,
                 size_bytes=len(data),
                 sha256=digest,
-                **pixel_data_location(data),
                 dicom_json=instance_json_text(dataset),
+                **pixel_data_location(dataset, data),
             )
-            if identity is not None:
-                _record_uid_mapping(identity, series.study.patient)
-            temp.replace(final)
-            renamed = True
+            if item.key is not None:
+                _record_uid_mapping(item.key, series.study.patient)
     except RejectedFile as exc:
         temp.unlink(missing_ok=True)
-        return FileOutcome(name, "rejected", str(exc), sop_uid, series_uid)
+        return FileOutcome(name, "rejected", str(exc), sop_uid, series_uid), None
     except IntegrityError:
         # Another writer stored the same SOP Instance UID between our check and our insert.
-        if renamed:
-            final.unlink(missing_ok=True)
         temp.unlink(missing_ok=True)
         existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
         if existing is None:
             raise
-        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid)
+        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid), None
     except BaseException:
-        if renamed:
-            final.unlink(missing_ok=True)
         temp.unlink(missing_ok=True)
         raise
-    return FileOutcome(name, "stored", "", sop_uid, series_uid)
+    hierarchy.remember(series)
+    return FileOutcome(name, "stored", "", sop_uid, series_uid), (temp, storage.absolute(relpath))
 
 
 def _duplicate_or_conflict(
@@ -421,15 +504,18 @@ def _index_hierarchy(
 
 
 def _record_uid_mapping(key: DeidentificationKey, patient: Patient) -> None:
-    for level, original, stored in (
+    levels = (
         (UidMapping.Level.STUDY, key.original_study_instance_uid, key.study_instance_uid),
         (UidMapping.Level.SERIES, key.original_series_instance_uid, key.series_instance_uid),
         (UidMapping.Level.INSTANCE, key.original_sop_instance_uid, key.sop_instance_uid),
-    ):
-        UidMapping.objects.get_or_create(
-            original_uid=original,
-            defaults={"stored_uid": stored, "level": level, "patient": patient},
-        )
+    )
+    UidMapping.objects.bulk_create(
+        [
+            UidMapping(original_uid=original, stored_uid=stored, level=level, patient=patient)
+            for level, original, stored in levels
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def refresh_series_geometry(series_uids: Iterable[str]) -> None:

@@ -122,7 +122,9 @@ def test_pft_api_rejects_bad_rows_with_details(stored, coordinator, api_client_f
     assert response.json()["errors"][0]["line"] == 1
 
 
-def test_an_upload_without_the_deidentify_field_is_deidentified(project, coordinator, api_client_for):
+def test_an_upload_without_the_deidentify_field_is_deidentified(
+    project, coordinator, api_client_for
+):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     files = [SimpleUploadedFile("0.dcm", ct_series_bytes(1, patient_id="REAL-ID")[0])]

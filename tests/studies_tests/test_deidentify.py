@@ -492,3 +492,18 @@ def test_real_seg_still_points_at_its_real_ct_after_deidentification(real_data) 
     assert seg.PatientID == cts[0].PatientID
     assert seg_original.SOPInstanceUID.encode() not in written(seg)
     assert b"JANCT000" not in written(seg)
+
+
+def test_in_place_gives_the_same_result_as_a_copy():
+    ds = _in_place_sample()
+    secret = b"0123456789abcdef-in-place"
+    copied = Deidentifier(secret).apply(ds)
+    in_place = Deidentifier(secret).apply(_in_place_sample(), in_place=True)
+    assert in_place.key == copied.key
+    assert in_place.dataset == copied.dataset
+
+
+def _in_place_sample():
+    from tests.dicom_builders import ct_slice
+
+    return ct_slice(study_uid="1.2.3.4", series_uid="1.2.3.4.5", index=0)
