@@ -6,10 +6,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import transaction
 
 from core.models import Membership, Project, Role, User
-from studies.models import Patient, PatientIdentity
+from studies.models import Patient
 from studies.services.ingest import ingest_paths
 from studies.services.pft import import_pft_csv
 
@@ -61,13 +60,8 @@ class Command(BaseCommand):
             f"CT instances: stored {report.stored}, already there {report.duplicate}, "
             f"rejected {report.rejected}"
         )
-        with transaction.atomic():
-            for entry in manifest["patients"]:
-                identity = PatientIdentity.objects.filter(
-                    original_patient_id=entry["patient_id"]
-                ).first()
-                if identity is not None and entry.get("cohort"):
-                    Patient.objects.filter(pk=identity.patient_id).update(cohort=entry["cohort"])
+        originals = [entry["patient_id"] for entry in manifest["patients"]]
+        Patient.objects.filter(identity__original_patient_id__in=originals).update(cohort="demo")
         pft_report = import_pft_csv((out / "pft.csv").read_text())
         self.stdout.write(f"PFTs: created {pft_report.created}, updated {pft_report.updated}")
         self.stdout.write(
