@@ -30,6 +30,7 @@ run: install frontend
 	$(VENV)/bin/gunicorn webapp.wsgi --bind $(HOST):$(PORT) --workers 2 --threads 4 --timeout 300 --access-logfile -
 
 test: install frontend
+	@if [ -f frontend/package.json ]; then cd frontend && npm test; fi
 	$(VENV)/bin/pytest
 
 lint: install
