@@ -14,7 +14,7 @@ This module is the one place that converts between LPS and RAS (NIfTI's conventi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +38,7 @@ class Volume:
             is not an orthonormal 3x3 matrix.
     """
 
-    array: npt.NDArray[np.generic]
+    array: npt.NDArray[Any]
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: npt.NDArray[np.float64] = field(default_factory=lambda: np.eye(3))
@@ -92,7 +92,7 @@ class Volume:
         inverse = np.linalg.inv(self.direction @ np.diag(self.spacing_mm))
         return points @ inverse.T
 
-    def with_array(self, array: npt.NDArray[np.generic]) -> Volume:
+    def with_array(self, array: npt.NDArray[Any]) -> Volume:
         """The same geometry around other voxels (e.g. a mask computed from this volume)."""
         if array.shape != self.array.shape:
             raise GeometryError(f"shape {array.shape} differs from the volume's {self.array.shape}")

@@ -328,8 +328,8 @@ def pixel_data_location(dataset: Dataset, data: bytes) -> dict[str, int | None]:
     if offset >= 4 and int.from_bytes(data[offset - 4 : offset], "little") == length:
         return {"pixel_data_offset": offset, "pixel_data_length": length}
     parsed = pydicom.dcmread(io.BytesIO(data))
-    offset = getattr(parsed[PIXEL_DATA_TAG], "file_tell", None)
-    return {"pixel_data_offset": offset, "pixel_data_length": length}
+    located = getattr(parsed[PIXEL_DATA_TAG], "file_tell", None)
+    return {"pixel_data_offset": located, "pixel_data_length": length}
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 200) -> str:

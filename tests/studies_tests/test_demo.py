@@ -32,4 +32,6 @@ def test_it_loads_patients_with_two_cts_and_pfts(tmp_path):
 
     call_command("load_demo", patients=2, shape_kji=[24, 48, 48], out=tmp_path / "demo")
     assert Study.objects.count() == 4
-    assert PftResult.objects.count() == PftResult.objects.values("patient", "date").distinct().count()
+    assert (
+        PftResult.objects.count() == PftResult.objects.values("patient", "date").distinct().count()
+    )
