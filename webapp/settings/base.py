@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "studies",
     "annotation",
     "jobs",
+    "reports",
 ]
 
 MIDDLEWARE = [
@@ -75,6 +76,9 @@ DATABASES = {
         base_dir=BASE_DIR,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # SQLite creates the file but not its folder.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "core.User"
 
