@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
 from django.core.management import call_command
 
@@ -13,7 +15,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_it_loads_patients_with_two_cts_and_pfts(tmp_path):
-    call_command("load_demo", patients=2, shape_kji=[24, 48, 48], out=tmp_path / "demo")
+    out = StringIO()
+    call_command("load_demo", patients=2, shape_kji=[24, 48, 48], out=tmp_path / "demo", stdout=out)
+    assert "stored 96, already there 0, rejected 0" in out.getvalue()
 
     project = Project.objects.get(slug="demo")
     assert Patient.objects.filter(project=project, cohort="demo").count() == 2

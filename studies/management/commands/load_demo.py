@@ -55,7 +55,12 @@ class Command(BaseCommand):
             manifest_path = write_cohort(out, **kwargs)
         manifest = json.loads(manifest_path.read_text())
 
-        report = ingest_paths([out], project=project, deidentify=True)
+        dicom_dirs = [
+            out / timepoint["dicom_dir"]
+            for entry in manifest["patients"]
+            for timepoint in entry["timepoints"].values()
+        ]
+        report = ingest_paths(dicom_dirs, project=project, deidentify=True)
         self.stdout.write(
             f"CT instances: stored {report.stored}, already there {report.duplicate}, "
             f"rejected {report.rejected}"
