@@ -321,12 +321,15 @@ def pixel_data_location(dataset: Dataset, data: bytes) -> dict[str, int | None]:
     length field in front of it and fall back to a parse when something follows it.
     """
     element = dataset.get(PIXEL_DATA_TAG)
-    if element is None or element.is_undefined_length:
+    if element is None:
         return {"pixel_data_offset": None, "pixel_data_length": None}
-    length = len(element.value)
-    offset = len(data) - length
-    if offset >= 4 and int.from_bytes(data[offset - 4 : offset], "little") == length:
-        return {"pixel_data_offset": offset, "pixel_data_length": length}
+    # Encapsulated (compressed) data has an undefined length: the offset is where its item
+    # sequence starts, and frames are found from there.
+    length = None if element.is_undefined_length else len(element.value)
+    if length is not None:
+        offset = len(data) - length
+        if offset >= 4 and int.from_bytes(data[offset - 4 : offset], "little") == length:
+            return {"pixel_data_offset": offset, "pixel_data_length": length}
     parsed = pydicom.dcmread(io.BytesIO(data))
     located = getattr(parsed[PIXEL_DATA_TAG], "file_tell", None)
     return {"pixel_data_offset": located, "pixel_data_length": length}

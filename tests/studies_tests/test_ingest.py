@@ -157,3 +157,22 @@ def test_a_patient_of_another_project_is_not_moved(project, other_project):
 
 def enumerate_names(files: list[bytes]) -> list[tuple[str, bytes]]:
     return [(f"{i}.dcm", data) for i, data in enumerate(files)]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_pixel_data_location_points_at_the_pixel_bytes(project, compressed):
+    from pydicom.uid import RLELossless
+
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    if compressed:
+        ds.compress(RLELossless)
+    ingest_datasets_bytes([("a.dcm", to_bytes(ds))], project=project, deidentify=True)
+    instance = Instance.objects.get()
+    stored = storage.absolute(instance.file).read_bytes()
+    reread = pydicom.dcmread(storage.absolute(instance.file))
+    assert instance.pixel_data_offset == reread["PixelData"].file_tell
+    if compressed:
+        assert instance.pixel_data_length is None
+    else:
+        start, length = instance.pixel_data_offset, instance.pixel_data_length
+        assert stored[start : start + length] == reread.PixelData
