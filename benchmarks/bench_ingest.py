@@ -116,11 +116,20 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=400)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--no-deidentify", action="store_true")
+    parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     series_dir = REPO / "var" / "bench" / f"ingest-{args.slices}x{args.size}"
+    if args.generate_only:
+        generate_series(series_dir, slices=args.slices, size=args.size)
+        return 0
     t0 = time.perf_counter()
-    paths = generate_series(series_dir, slices=args.slices, size=args.size)
+    # The phantom is generated in a child process so that its memory is not counted here.
+    subprocess.run(
+        [sys.executable, __file__, "--generate-only", "--slices", str(args.slices), "--size", str(args.size)],
+        check=True,
+    )
+    paths = sorted(series_dir.glob("*.dcm"))
     print(
         f"series: {len(paths)} instances of {args.size}x{args.size} ({time.perf_counter() - t0:.1f} s to prepare)"
     )
