@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
 SCRIPT = Path(__file__).with_name("reading_flow.mjs")
-SCREENSHOT = REPO / "docs" / "images" / "viewer-contour.png"
+# The README's picture is refreshed with ILD_UPDATE_SCREENSHOTS=1; ordinary runs write elsewhere.
+SCREENSHOT = (
+    REPO / "docs" / "images" / "viewer-contour.png"
+    if os.environ.get("ILD_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "ild-e2e" / "viewer-contour.png"
+)
 CHROMIUM = os.environ.get("ILD_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "browser-pw-2026"
 NODE_TIMEOUT_S = int(os.environ.get("ILD_E2E_TIMEOUT_S", "240"))
