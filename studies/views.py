@@ -7,6 +7,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
+from jobs import selectors as job_selectors
 from studies import selectors
 
 
@@ -35,7 +36,12 @@ def patient_detail(request: HttpRequest, patient_id: str) -> HttpResponse:
     return render(
         request,
         "studies/patient.html",
-        {"patient": patient, "studies": studies, "pfts": patient.pfts.order_by("date")},
+        {
+            "patient": patient,
+            "studies": studies,
+            "pfts": patient.pfts.order_by("date"),
+            "quantification": job_selectors.patient_quantification(request.user, patient),
+        },
     )
 
 

@@ -30,6 +30,11 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=2020)
         parser.add_argument("--shape-kji", type=int, nargs=3, default=None)
         parser.add_argument("--out", type=Path, default=None)
+        parser.add_argument(
+            "--with-jobs",
+            action="store_true",
+            help="also segment (classical) and register (torch) the demo CTs here, synchronously",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from inference.phantoms import write_cohort
@@ -72,3 +77,15 @@ class Command(BaseCommand):
         self.stdout.write(
             f"demo users {', '.join(u for u, _ in DEMO_USERS)}; password {DEMO_PASSWORD}"
         )
+        if options["with_jobs"]:
+            from django.core.management import call_command
+
+            demo_ids = Patient.objects.filter(project=project, cohort="demo").values_list(
+                "patient_id", flat=True
+            )
+            if demo_ids:
+                patients = [f"--patient={patient_id}" for patient_id in demo_ids]
+                call_command(
+                    "run_jobs", *patients, "--engine=classical", "--backend=torch", "--inline",
+                    stdout=self.stdout, stderr=self.stderr,
+                )  # fmt: skip

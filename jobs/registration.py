@@ -1,0 +1,293 @@
+"""The registration job's work: follow-up CT onto baseline CT, log-Jacobian back on the baseline.
+
+The longitudinal pipeline itself (isotropic resampling, classical lung masks, affine + deformable
+registration, Jacobian summary) is ``inference.register.run``, called through
+:func:`run_longitudinal_pipeline` (it takes an ``argparse.Namespace`` of file paths and writes its
+outputs to a folder, so the two series are handed over as MetaImage files). This module adds
+what the viewer and the reports need on the *baseline DICOM grid*.
+
+Outputs under ``Job.output_key``
+(``jobs/registration/<baseline SeriesInstanceUID>/<follow-up SeriesInstanceUID>/<backend>/``):
+
+* from ``inference.register`` on the isotropic registration grid: ``displacement.nii.gz``
+  (``[k, j, i, 3]`` LPS mm; baseline point ``x`` ↔ follow-up point ``x + u(x)``),
+  ``log_jacobian.nii.gz``, ``warped_followup.nii.gz``, ``lung_mask.nii.gz`` (1 right, 2 left),
+  ``summary.json``;
+* ``log_jacobian_baseline.npz`` — for the viewer, on the baseline series' own grid:
+  ``log_jacobian`` float16 ``[k, j, i]`` (``log det(I + ∇u)``, negative = shrinkage from
+  baseline to follow-up; linear resampling of the isotropic map; 0 outside the registered
+  field of view), ``lung`` uint8 ``[k, j, i]`` (the registration's lung mask, 1 right / 2 left,
+  nearest-neighbour), ``sop_instance_uids`` (baseline image of each ``k``),
+  ``followup_slice_index`` int32 ``[k]`` and ``followup_sop_instance_uids`` (see below),
+  ``spacing_mm``/``origin_lps_mm`` (``(i, j, k)``, LPS mm), ``direction`` (3x3).
+
+Slice correspondence: for baseline slice ``k``, the mean of ``x + u(x)`` over the lung voxels of
+that slice (the slice centre when it has no lung) is mapped into the follow-up volume; its
+rounded, clipped ``k`` index is the follow-up slice shown beside baseline slice ``k``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.volume import Volume
+from jobs.models import Job
+from jobs.outputs import jsonable, staged_outputs
+from jobs.series_volume import SeriesVolume, read_series_volume
+
+LOG_JACOBIAN_NPZ = "log_jacobian_baseline.npz"
+# The paper resamples to 1 mm, but the torch backend's finest level is 3 mm: a 1 mm output grid
+# only interpolates, at several times the memory and time (a demo-size pair: 41 M voxels and a
+# 490 MB field). Pass params={"spacing_mm": 1.0} to follow the paper exactly.
+DEFAULT_SPACING_MM = 2.0
+DEFAULT_EPSILON = 1e-3
+# Lung points per baseline slice used for the slice correspondence (a deterministic stride).
+CORRESPONDENCE_POINTS = 4000
+REGIONS = ("superior", "inferior", "anterior", "posterior")
+
+Progress = Callable[[float], None]
+
+
+def run_longitudinal_pipeline(
+    fixed: Path,
+    moving: Path,
+    output_dir: Path,
+    *,
+    backend: str,
+    spacing_mm: float,
+    epsilon: float,
+    backend_params: dict[str, Any],
+) -> dict[str, Any]:
+    """Adapter around the ``python -m inference.register`` pipeline; returns its summary.
+
+    Raises what ``inference.register.run`` raises: FileNotFoundError, ValueError,
+    GeometryError, RegistrationError (BackendUnavailableError included).
+    """
+    from inference.register import build_parser, run
+
+    args = build_parser().parse_args(
+        [
+            "--fixed", str(fixed),
+            "--moving", str(moving),
+            "--output-dir", str(output_dir),
+            "--backend", backend,
+            "--spacing-mm", repr(float(spacing_mm)),
+            "--epsilon", repr(float(epsilon)),
+            "--params", json.dumps(backend_params),
+        ]
+    )  # fmt: skip
+    return run(args)
+
+
+def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
+    """Register ``job.series`` (follow-up) onto ``job.baseline_series`` and store the outputs.
+
+    Returns the result dict: ``backend``, ``version``, ``params`` (backend parameters actually
+    used, plus ``spacing_mm`` and ``epsilon``), ``mean_log_jacobian`` (over the baseline lung),
+    ``regional`` (mean log-Jacobian of the superior/inferior/anterior/posterior halves),
+    ``regional_all`` (every region of ``inference.registration.lung_regions``),
+    ``folding_fraction``, ``clipped_fraction``, ``mean_determinant``, ``timings_s``, the output
+    paths (relative to STORAGE_ROOT) ``log_jacobian`` (baseline grid npz), ``log_jacobian_iso``,
+    ``displacement``, ``warped_followup``, ``lung_mask``, ``summary``, the grids
+    (``baseline_shape_kji``, ``registration_grid``), and the slice correspondence
+    ``followup_slice_for_baseline_slice`` (a follow-up ``k`` per baseline ``k``) with
+    ``followup_sop_for_baseline_slice``.
+
+    Raises:
+        inference.dicom.DicomSeriesError, jobs.series_volume.SliceMappingError: unusable series.
+        ValueError, GeometryError, RegistrationError: from the pipeline (e.g. no lung found).
+    """
+    from inference.imageio import read_image, write_image
+
+    assert job.series is not None and job.baseline_series is not None
+    backend = str(job.params.get("backend", "torch"))
+    spacing_mm = float(job.params.get("spacing_mm", DEFAULT_SPACING_MM))
+    epsilon = float(job.params.get("epsilon", DEFAULT_EPSILON))
+    backend_params = dict(job.params.get("backend_params") or {})
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    progress(0.02)
+    baseline = read_series_volume(job.baseline_series)
+    followup = read_series_volume(job.series)
+    timings["read"] = time.perf_counter() - start
+    progress(0.1)
+
+    with staged_outputs(job) as out, tempfile.TemporaryDirectory(prefix="ild-reg-") as tmp:
+        t = time.perf_counter()
+        fixed_path = write_image(baseline.volume, Path(tmp) / "baseline.mha")
+        moving_path = write_image(followup.volume, Path(tmp) / "followup.mha")
+        timings["handover"] = time.perf_counter() - t
+        progress(0.15)
+
+        t = time.perf_counter()
+        summary = run_longitudinal_pipeline(
+            fixed_path,
+            moving_path,
+            out.staging,
+            backend=backend,
+            spacing_mm=spacing_mm,
+            epsilon=epsilon,
+            backend_params=backend_params,
+        )
+        timings["pipeline"] = time.perf_counter() - t
+        progress(0.8)
+
+        t = time.perf_counter()
+        logjac_iso = read_image(out.path("log_jacobian.nii.gz"))
+        lung_iso = read_image(out.path("lung_mask.nii.gz"))
+        logjac, lung = on_baseline_grid(logjac_iso, lung_iso, baseline.volume)
+        timings["to_baseline_grid"] = time.perf_counter() - t
+        progress(0.88)
+
+        t = time.perf_counter()
+        from inference.registration.fieldio import read_displacement
+
+        displacement, grid = read_displacement(out.path("displacement.nii.gz"))
+        followup_k = followup_slice_for_baseline_slice(
+            displacement, grid, baseline.volume, lung, followup.volume
+        )
+        del displacement
+        timings["correspondence"] = time.perf_counter() - t
+        progress(0.95)
+
+        t = time.perf_counter()
+        followup_uids = [followup.sop_instance_uids[k] for k in followup_k]
+        _save_viewer_npz(
+            out.path(LOG_JACOBIAN_NPZ), baseline, logjac, lung, followup_k, followup_uids
+        )
+        with out.path("summary.json").open("w") as handle:
+            json.dump(summary, handle, indent=2, sort_keys=True)
+        timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+
+    regional_all = summary.get("regional_mean_log_jacobian") or {}
+    params = {
+        **(summary.get("parameters") or {}),
+        "spacing_mm": spacing_mm,
+        "epsilon": epsilon,
+        "fixed_mask": summary["inputs"]["fixed_mask"],
+        "moving_mask": summary["inputs"]["moving_mask"],
+    }
+    return jsonable(
+        {
+            "backend": summary["backend"],
+            "version": summary["version"],
+            "params": params,
+            "mean_log_jacobian": summary["mean_log_jacobian"],
+            "regional": {name: regional_all.get(name) for name in REGIONS},
+            "regional_all": regional_all,
+            "folding_fraction": summary["folding_fraction"],
+            "clipped_fraction": summary["clipped_fraction"],
+            "mean_determinant": summary.get("mean_determinant"),
+            "vector_frame": summary.get("vector_frame", "LPS"),
+            "timings_s": {
+                **{name: round(seconds, 3) for name, seconds in timings.items()},
+                "pipeline_stages": summary.get("timings_s", {}),
+            },
+            "log_jacobian": out.relpath(LOG_JACOBIAN_NPZ),
+            "log_jacobian_iso": out.relpath("log_jacobian.nii.gz"),
+            "displacement": out.relpath("displacement.nii.gz"),
+            "warped_followup": out.relpath("warped_followup.nii.gz"),
+            "lung_mask": out.relpath("lung_mask.nii.gz"),
+            "summary": out.relpath("summary.json"),
+            "baseline_shape_kji": list(baseline.volume.shape_kji),
+            "registration_grid": summary.get("grid"),
+            "followup_slice_for_baseline_slice": followup_k,
+            "followup_sop_for_baseline_slice": followup_uids,
+        }
+    )
+
+
+def on_baseline_grid(
+    logjac_iso: Volume, lung_iso: Volume, baseline: Volume
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """The isotropic log-Jacobian (linear) and lung mask (nearest) on the baseline's own grid."""
+    from inference.registration.resample import resample_to_grid
+
+    logjac = resample_to_grid(
+        logjac_iso.with_array(logjac_iso.array.astype(np.float32)),
+        baseline,
+        interpolation="linear",
+        default_value=0.0,
+    )
+    lung = resample_to_grid(
+        lung_iso.with_array(lung_iso.array.astype(np.uint8)),
+        baseline,
+        interpolation="nearest",
+        default_value=0,
+    )
+    return logjac.array.astype(np.float32), lung.array.astype(np.uint8)
+
+
+def followup_slice_for_baseline_slice(
+    displacement: npt.NDArray[np.float32],
+    grid: Volume,
+    baseline: Volume,
+    lung_kji: npt.NDArray[np.uint8],
+    followup: Volume,
+) -> list[int]:
+    """For each baseline slice ``k``, the follow-up slice index matching it (see module doc).
+
+    Args:
+        displacement: ``[k, j, i, 3]`` LPS mm field on ``grid`` (baseline ``x`` ↔ follow-up
+            ``x + u(x)``).
+        baseline: the baseline volume (its grid is the one ``lung_kji`` lies on).
+        lung_kji: lung mask on the baseline grid.
+        followup: the follow-up volume (only its geometry is used).
+    """
+    from inference.registration.fields import sample_displacement
+
+    n_k, n_j, n_i = baseline.shape_kji
+    points: list[npt.NDArray[np.float64]] = []
+    owners: list[npt.NDArray[np.int64]] = []
+    for k in range(n_k):
+        jj, ii = np.nonzero(lung_kji[k])
+        if jj.size == 0:
+            jj, ii = np.array([(n_j - 1) / 2.0]), np.array([(n_i - 1) / 2.0])
+        stride = max(1, jj.size // CORRESPONDENCE_POINTS)
+        jj, ii = jj[::stride], ii[::stride]
+        index = np.stack([ii, jj, np.full(ii.shape, k)], axis=-1).astype(np.float64)
+        points.append(baseline.index_to_lps(index))
+        owners.append(np.full(ii.shape, k, dtype=np.int64))
+    all_points = np.concatenate(points)
+    owner = np.concatenate(owners)
+    mapped = all_points + sample_displacement(displacement, grid, all_points).astype(np.float64)
+    counts = np.bincount(owner, minlength=n_k).astype(np.float64)
+    mean = np.stack(
+        [np.bincount(owner, weights=mapped[:, c], minlength=n_k) / counts for c in range(3)],
+        axis=-1,
+    )
+    followup_k = followup.lps_to_index(mean)[:, 2]
+    last = followup.shape_kji[0] - 1
+    return [int(v) for v in np.clip(np.rint(followup_k), 0, last)]
+
+
+def _save_viewer_npz(
+    path: Path,
+    baseline: SeriesVolume,
+    logjac: npt.NDArray[np.float32],
+    lung: npt.NDArray[np.uint8],
+    followup_k: list[int],
+    followup_uids: list[str],
+) -> None:
+    volume = baseline.volume
+    np.savez_compressed(
+        path,
+        log_jacobian=logjac.astype(np.float16),
+        lung=lung,
+        sop_instance_uids=np.asarray(baseline.sop_instance_uids, dtype=str),
+        followup_slice_index=np.asarray(followup_k, dtype=np.int32),
+        followup_sop_instance_uids=np.asarray(followup_uids, dtype=str),
+        spacing_mm=np.asarray(volume.spacing_mm),
+        origin_lps_mm=np.asarray(volume.origin_lps_mm),
+        direction=volume.direction,
+    )
