@@ -35,4 +35,6 @@ urlpatterns = [
     path("dicomweb/", include("studies.dicomweb.urls")),
     path("healthz", study_views.healthz, name="healthz"),
     path("", include("annotation.urls")),
+    path("", include("jobs.urls")),
+    path("", include("reports.urls")),
 ]

@@ -131,6 +131,8 @@ def save_contour(
                     author=user,
                     client_edit_id=client_edit_id,
                 )
+                # Agreement numbers follow the new contour without recomputing everything.
+                transaction.on_commit(lambda: _refresh_agreement(contour))
         except IntegrityError:
             # Only reachable without the row lock (SQLite): someone took this version number.
             raise ContourConflict(
@@ -148,3 +150,9 @@ def save_contour(
                 status=Assignment.Status.IN_PROGRESS, started_at=timezone.now()
             )
     return SaveResult(contour, created=True)
+
+
+def _refresh_agreement(contour: ContourVersion) -> None:
+    from reports.tasks import refresh_agreement_for_contour
+
+    refresh_agreement_for_contour.delay(contour_pk=str(contour.pk))
