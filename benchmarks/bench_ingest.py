@@ -126,7 +126,15 @@ def main() -> int:
     t0 = time.perf_counter()
     # The phantom is generated in a child process so that its memory is not counted here.
     subprocess.run(
-        [sys.executable, __file__, "--generate-only", "--slices", str(args.slices), "--size", str(args.size)],
+        [
+            sys.executable,
+            __file__,
+            "--generate-only",
+            "--slices",
+            str(args.slices),
+            "--size",
+            str(args.size),
+        ],
         check=True,
     )
     paths = sorted(series_dir.glob("*.dcm"))

@@ -84,7 +84,9 @@ class Volume:
     def index_to_lps(self, index_ijk: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map ``(..., 3)`` continuous indices ``(i, j, k)`` to ``(..., 3)`` LPS mm points."""
         index = np.asarray(index_ijk, dtype=np.float64)
-        return index @ (self.direction @ np.diag(self.spacing_mm)).T + np.asarray(self.origin_lps_mm)
+        return index @ (self.direction @ np.diag(self.spacing_mm)).T + np.asarray(
+            self.origin_lps_mm
+        )
 
     def lps_to_index(self, points_lps_mm: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map ``(..., 3)`` LPS mm points to continuous indices ``(i, j, k)``."""
