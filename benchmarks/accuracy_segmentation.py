@@ -1,0 +1,357 @@
+"""Segmentation accuracy on held-out phantoms: classical vs AtlasNet vs U-Net (one command).
+
+    .venv/bin/python benchmarks/accuracy_segmentation.py                 # small CPU scale
+    .venv/bin/python benchmarks/accuracy_segmentation.py --train-patients 16 --test-patients 8 \\
+        --size 256 --slices 64 --epochs 40 --lr-decrease-every 10        # closer to the target
+
+1. Writes a training phantom cohort (``--train-seed``) and a held-out cohort (``--test-seed``,
+   never used in training) with ``inference.phantoms.write_cohort``.
+2. Trains AtlasNet (CPU configuration: ``--templates`` templates, width ``--width``, registration
+   on a ``--registration-spacing`` mm grid) and the U-Net comparator (same width, the paper's
+   augmentation) with ``inference.training.train_model`` — the code behind
+   ``python -m inference.train_segmentation``.
+3. Segments every held-out CT with the classical engine, AtlasNet (the N-network majority vote,
+   and each of its networks alone, reusing the same registrations) and the U-Net, and prints the
+   paper's Table 2 layout with the phantom truth as the reader: median (IQR) per-slice ILD Dice
+   over slices whose truth has ILD, pooled over the held-out CTs; and lung Dice per CT.
+4. With ``--real``: each engine on the real CTs of ``$ILD_REAL_DATA`` (default
+   ``../shared/data/real``): lung volume (mL), ILD extent, and lung voxels outside the body.
+
+Results go to ``--work`` (default ``bench-out/accuracy``) as ``results.json``; models stay there.
+Targets (issue #7): AtlasNet ILD Dice ≥ 0.80 and ≥ U-Net's; lung Dice ≥ 0.97 for every engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.phantoms import write_cohort
+from inference.segmentation.atlasnet_engine import (
+    AtlasNetEngine,
+    RegistrationSettings,
+    cpu_registration_params,
+)
+from inference.segmentation.classical import segment as classical_segment
+from inference.segmentation.metrics import dice, dice_per_slice
+from inference.segmentation.unet_engine import UNetEngine
+from inference.training.datasets import load_dataset
+from inference.training.train import TrainConfig, train_model
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _median_iqr(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"median": math.nan, "q25": math.nan, "q75": math.nan, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "median": float(np.median(a)),
+        "q25": float(np.percentile(a, 25)),
+        "q75": float(np.percentile(a, 75)),
+        "min": float(a.min()),
+        "n": int(a.size),
+    }
+
+
+def _fmt(stat: dict[str, float], digits: int = 2) -> str:
+    if not stat.get("n"):
+        return "n/a"
+    return f"{stat['median']:.{digits}f} ({stat['q25']:.{digits}f}–{stat['q75']:.{digits}f})"
+
+
+def _extent_pct(labels: np.ndarray) -> float:
+    lung = int(np.count_nonzero(labels))
+    return 100.0 * int(np.count_nonzero(labels == 2)) / lung if lung else 0.0
+
+
+class Scores:
+    """Per-slice ILD Dice and per-CT lung Dice of one engine over the held-out cohort."""
+
+    def __init__(self) -> None:
+        self.ild_slices: list[float] = []
+        self.lung_cases: list[float] = []
+        self.extent_error: list[float] = []
+        self.seconds: list[float] = []
+
+    def add(self, predicted: np.ndarray, truth: np.ndarray, seconds: float) -> None:
+        has_ild = (truth == 2).any(axis=(1, 2))
+        per_slice = dice_per_slice(predicted == 2, truth == 2, empty_value=0.0)[has_ild]
+        self.ild_slices.extend(float(v) for v in per_slice)
+        self.lung_cases.append(float(dice(predicted > 0, truth > 0)))
+        self.extent_error.append(_extent_pct(predicted) - _extent_pct(truth))
+        self.seconds.append(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ild_dice_per_slice": _median_iqr(self.ild_slices),
+            "lung_dice_per_ct": _median_iqr(self.lung_cases),
+            "extent_error_points": _median_iqr(self.extent_error),
+            "seconds_per_ct": _median_iqr(self.seconds),
+        }
+
+
+def _body(hu: np.ndarray) -> np.ndarray:
+    from inference.networks.slicewise import body_mask
+
+    return body_mask(hu)
+
+
+def evaluate_real(engines: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Lung volume, ILD extent, lung outside the body for each engine on each real CT."""
+    from inference.imageio import read_image
+
+    found = {
+        "popi-00-ct": root / "popi-00-ct",
+        "pyradiomics-lung1": next(iter(sorted((root / "pyradiomics-lung1").glob("*.nrrd"))), None)
+        if (root / "pyradiomics-lung1").exists()
+        else None,
+    }
+    out: dict[str, Any] = {}
+    for name, path in found.items():
+        if path is None or not Path(path).exists():
+            continue
+        ct = read_image(path)
+        body = _body(np.asarray(ct.array))
+        out[name] = {"shape_kji": list(ct.shape_kji), "spacing_mm": list(ct.spacing_mm)}
+        for engine_name, predict in engines.items():
+            start = time.perf_counter()
+            result = predict(ct)
+            labels = np.asarray(result.label_map.array)
+            out[name][engine_name] = {
+                "lung_ml": round(result.lung_ml, 1),
+                "extent_pct": round(result.extent_pct, 2),
+                "lung_voxels_outside_body": int(np.count_nonzero((labels > 0) & ~body)),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            _log(f"real {name} {engine_name}: {out[name][engine_name]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("bench-out/accuracy"))
+    parser.add_argument("--train-patients", type=int, default=8)
+    parser.add_argument("--test-patients", type=int, default=4)
+    parser.add_argument("--train-seed", type=int, default=1101)
+    parser.add_argument("--test-seed", type=int, default=2202)
+    parser.add_argument("--slices", type=int, default=24, help="phantom slices (k)")
+    parser.add_argument(
+        "--size", type=int, default=96, help="phantom in-plane size = network input"
+    )
+    parser.add_argument("--templates", type=int, default=2)
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--unet-epochs", type=int, default=None, help="default: --epochs")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr-decrease-every", type=int, default=4)
+    parser.add_argument("--registration-spacing", type=float, default=6.0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--real", action="store_true", help="also run on ../shared/data/real")
+    parser.add_argument("--retrain", action="store_true", help="train even if models exist")
+    args = parser.parse_args(argv)
+    if args.train_seed == args.test_seed:
+        parser.error("the held-out seed must differ from the training seed")
+
+    work = args.work
+    timings: dict[str, float] = {}
+    shape = (args.slices, args.size, args.size)
+    start = time.perf_counter()
+    for name, patients, seed in (
+        ("train", args.train_patients, args.train_seed),
+        ("test", args.test_patients, args.test_seed),
+    ):
+        if not (work / name / "cohort.json").is_file():
+            _log(f"writing {name} cohort: {patients} patients, seed {seed}, {shape}")
+            write_cohort(work / name, patients=patients, seed=seed, shape_kji=shape, followup=False)
+    timings["cohorts"] = time.perf_counter() - start
+    train_set = load_dataset(work / "train")
+    test_set = load_dataset(work / "test")
+
+    registration = RegistrationSettings(
+        spacing_mm=args.registration_spacing,
+        params=cpu_registration_params(args.registration_spacing),
+    )
+    common = {
+        "in_plane_size": args.size,
+        "width": args.width,
+        "templates": args.templates,
+        "batch_size": args.batch_size,
+        "lr_decrease_every": args.lr_decrease_every,
+        "seed": args.seed,
+        "registration": registration,
+        "device": "cuda" if os.environ.get("ILD_BENCH_CUDA") else "cpu",
+    }
+    reports = {}
+    for model, epochs in (("atlasnet", args.epochs), ("unet", args.unet_epochs or args.epochs)):
+        folder = work / "models" / model
+        if args.retrain or not (folder / "metadata.json").is_file():
+            start = time.perf_counter()
+            config = TrainConfig(model=model, epochs=epochs, **common)  # type: ignore[arg-type]
+            reports[model] = train_model(train_set, config, folder, log=_log).metadata.validation
+            timings[f"train_{model}"] = time.perf_counter() - start
+        else:
+            reports[model] = json.loads((folder / "metadata.json").read_text())["validation"]
+
+    atlas = AtlasNetEngine.from_folder(work / "models" / "atlasnet")
+    unet = UNetEngine.from_folder(work / "models" / "unet")
+    n = len(atlas.networks)
+    singles = [
+        AtlasNetEngine(
+            [atlas.networks[t]],
+            [atlas.templates[t]],
+            input_spec=atlas.input_spec,
+            registration=atlas.registration,
+        )
+        for t in range(n)
+    ]
+    scores: dict[str, Scores] = {"classical": Scores(), "atlasnet": Scores(), "unet": Scores()}
+    for t in range(n):
+        scores[f"atlasnet[{t}] alone"] = Scores()
+    start = time.perf_counter()
+    for case in test_set.cases:
+        truth = np.asarray(case.labels.array)
+        t0 = time.perf_counter()
+        scores["classical"].add(
+            np.asarray(classical_segment(case.ct).label_map.array), truth, time.perf_counter() - t0
+        )
+        t0 = time.perf_counter()
+        mappings = atlas.map_case(case.ct)
+        register_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ensemble = atlas.predict_ensemble(case.ct, mappings=mappings).result
+        scores["atlasnet"].add(
+            np.asarray(ensemble.label_map.array), truth, register_s + time.perf_counter() - t0
+        )
+        for t, single in enumerate(singles):
+            t0 = time.perf_counter()
+            alone = single.predict_ensemble(case.ct, mappings=[mappings[t]]).result
+            scores[f"atlasnet[{t}] alone"].add(
+                np.asarray(alone.label_map.array), truth, register_s / n + time.perf_counter() - t0
+            )
+        t0 = time.perf_counter()
+        scores["unet"].add(
+            np.asarray(unet.predict(case.ct).label_map.array), truth, time.perf_counter() - t0
+        )
+        _log(
+            f"{case.case_id}: lung {scores['atlasnet'].lung_cases[-1]:.3f}/"
+            f"{scores['unet'].lung_cases[-1]:.3f}/{scores['classical'].lung_cases[-1]:.3f} "
+            f"(atlasnet/unet/classical)"
+        )
+    timings["evaluate"] = time.perf_counter() - start
+
+    summaries = {name: s.summary() for name, s in scores.items()}
+    label_atlas = f"AtlasNet ({n} templates, width {args.width:g})"
+    label_unet = f"U-Net (width {args.width:g})"
+    print()
+    print(
+        f"Held-out phantoms: {len(test_set.cases)} CTs {shape} (seed {args.test_seed}); "
+        f"trained on {len(train_set.cases)} (seed {args.train_seed}), {args.epochs} epochs"
+    )
+    print("Table 2 layout, phantom truth as the reader; median (IQR).")
+    print()
+    header = ["Reader", "Classical", label_atlas, label_unet]
+    rows = [
+        [
+            "Truth: ILD, per-slice Dice",
+            _fmt(summaries["classical"]["ild_dice_per_slice"]),
+            _fmt(summaries["atlasnet"]["ild_dice_per_slice"]),
+            _fmt(summaries["unet"]["ild_dice_per_slice"]),
+        ],
+        [
+            "Truth: lung, Dice per CT",
+            _fmt(summaries["classical"]["lung_dice_per_ct"], 3),
+            _fmt(summaries["atlasnet"]["lung_dice_per_ct"], 3),
+            _fmt(summaries["unet"]["lung_dice_per_ct"], 3),
+        ],
+        [
+            "ILD extent error, points",
+            _fmt(summaries["classical"]["extent_error_points"], 1),
+            _fmt(summaries["atlasnet"]["extent_error_points"], 1),
+            _fmt(summaries["unet"]["extent_error_points"], 1),
+        ],
+        [
+            "Seconds per CT (CPU)",
+            _fmt(summaries["classical"]["seconds_per_ct"], 1),
+            _fmt(summaries["atlasnet"]["seconds_per_ct"], 1),
+            _fmt(summaries["unet"]["seconds_per_ct"], 1),
+        ],
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
+    print("AtlasNet networks alone (same registrations) vs their majority vote:")
+    for name in [*(f"atlasnet[{t}] alone" for t in range(n)), "atlasnet"]:
+        s = summaries[name]
+        print(
+            f"  {name:20s} ILD {_fmt(s['ild_dice_per_slice'])}  lung {_fmt(s['lung_dice_per_ct'], 3)}"
+        )
+    atlas_ild = summaries["atlasnet"]["ild_dice_per_slice"]["median"]
+    unet_ild = summaries["unet"]["ild_dice_per_slice"]["median"]
+    lung_min = {
+        k: summaries[k]["lung_dice_per_ct"].get("min") for k in ("classical", "atlasnet", "unet")
+    }
+    print()
+    print(
+        f"Targets: AtlasNet ILD ≥ 0.80: {'yes' if atlas_ild >= 0.80 else 'NO'} ({atlas_ild:.3f}); "
+        f"≥ U-Net: {'yes' if atlas_ild >= unet_ild else 'NO'} ({unet_ild:.3f}); lung ≥ 0.97 on "
+        "every CT: "
+        + ", ".join(
+            f"{k} {'yes' if (v or 0) >= 0.97 else 'NO'} ({v:.3f})" for k, v in lung_min.items()
+        )
+    )
+
+    results: dict[str, Any] = {
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "summaries": summaries,
+        "validation_at_training": reports,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    if args.real:
+        root = Path(
+            os.environ.get(
+                "ILD_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+            )
+        )
+        if root.exists():
+            results["real"] = evaluate_real(
+                {
+                    "classical": classical_segment,
+                    "atlasnet": atlas.predict,
+                    "unet": unet.predict,
+                },
+                root,
+            )
+            print()
+            print("Real CTs: lung mL / ILD extent % / lung voxels outside the body")
+            for name, per_engine in results["real"].items():
+                cells = [
+                    f"{e} {v['lung_ml']:.0f} mL / {v['extent_pct']:.1f} % / {v['lung_voxels_outside_body']}"
+                    for e, v in per_engine.items()
+                    if isinstance(v, dict)
+                ]
+                print(f"  {name}: " + "; ".join(cells))
+        else:
+            print(f"(no real data at {root})")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nfull results: {work / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Seconds and peak memory per whole-thorax CT: classical engine, one network, the ensembles.
+
+    .venv/bin/python benchmarks/bench_segmentation.py                    # 400 x 512 x 512, CPU
+    .venv/bin/python benchmarks/bench_segmentation.py --slices 120 --size 256   # quick
+    .venv/bin/python benchmarks/bench_segmentation.py --device cuda      # when a GPU is lent
+
+One synthetic SSc CT (``make_phantom``, 0.75 x 0.75 x 0.8 mm, generated once and cached under
+``--work``) is segmented by each configuration in its own process (so each peak RSS is its own):
+
+* ``classical``: the weight-free default engine;
+* ``unet-cpu``: one U-Net, width 1/8, 256 px slices;
+* ``atlasnet-cpu-1``: one AtlasNet network + its registration (width 1/8, 256 px, 6 mm grid);
+* ``atlasnet-cpu``: the CPU configuration, 2 templates, majority vote;
+* ``atlasnet-paper``: the paper's configuration, 6 full-width networks at 512 px, registration
+  on a 3 mm grid with the backend's default iterations. On a CPU this takes hours, so unless
+  ``--full-paper`` is given it is *extrapolated*: one registration and ``--paper-slices`` slices
+  of one full-width network are timed, then scaled to 400 slices x 6 networks (printed as such).
+
+Network weights are random (speed does not depend on them); templates are the benchmark CT
+itself resampled to the template grid. Peak memory is the child process' maximum RSS
+(``VmHWM``), with its RSS after loading the CT and the engine for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.volume import Volume
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_mb() -> float:
+    # VmHWM is this process image's high-water mark; ru_maxrss would carry over the parent's
+    # peak through fork + exec on Linux.
+    return _status_mb("VmHWM")
+
+
+def _load_ct(work: Path) -> Volume:
+    geometry = json.loads((work / "ct.json").read_text())
+    return Volume(
+        np.load(work / "ct.npy"),
+        tuple(geometry["spacing_mm"]),  # type: ignore[arg-type]
+        tuple(geometry["origin_lps_mm"]),  # type: ignore[arg-type]
+        np.asarray(geometry["direction"]),
+    )
+
+
+def make_ct(work: Path, slices: int, size: int, seed: int) -> Volume:
+    if not (work / "ct.npy").is_file():
+        from inference.phantoms import make_phantom
+
+        start = time.perf_counter()
+        phantom = make_phantom(
+            seed=seed, shape_kji=(slices, size, size), spacing_mm=(0.75, 0.75, 0.8), extent_pct=20.0
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        np.save(work / "ct.npy", phantom.ct.array)
+        (work / "ct.json").write_text(
+            json.dumps(
+                {
+                    "spacing_mm": phantom.ct.spacing_mm,
+                    "origin_lps_mm": phantom.ct.origin_lps_mm,
+                    "direction": phantom.ct.direction.tolist(),
+                    "generate_s": time.perf_counter() - start,
+                }
+            )
+        )
+    return _load_ct(work)
+
+
+def make_models(work: Path, ct: Volume) -> None:
+    """Random-weight model folders for the configurations (written once)."""
+    import torch
+
+    from inference.networks.atlasnet import DualDecoderSegNet
+    from inference.networks.unet import UNet2D
+    from inference.segmentation.atlasnet_engine import (
+        AtlasTemplate,
+        RegistrationSettings,
+        cpu_registration_params,
+    )
+    from inference.segmentation.weights import InputSpec, ModelMetadata, save_model
+    from inference.training.datasets import SegmentationCase
+    from inference.training.train import make_template
+
+    torch.manual_seed(0)
+    rough = (np.asarray(ct.array) < -400).astype(np.uint8)  # labels only shape the template mask
+    case = SegmentationCase(
+        "bench", "bench", ct, ct.with_array(rough), np.ones(ct.shape_kji[0], bool)
+    )
+    for name, size, width, n, spacing, params in (
+        ("atlasnet-cpu", 256, 0.125, 2, 6.0, cpu_registration_params(6.0)),
+        ("atlasnet-paper", 512, 1.0, 6, 3.0, {}),
+    ):
+        folder = work / "models" / name
+        if (folder / "metadata.json").is_file():
+            continue
+        template: AtlasTemplate = make_template(case, size)
+        entries = [
+            {"ct": f"t{t}_ct.nii.gz", "labels": f"t{t}_labels.nii.gz", "network": f"n{t}.pt"}
+            for t in range(n)
+        ]
+        metadata = ModelMetadata(
+            model="atlasnet",
+            version=f"{name}-random",
+            input_spec=InputSpec(in_plane_size=(size, size)),
+            network_class="DualDecoderSegNet",
+            hyperparameters={"width": width},
+            networks=[e["network"] for e in entries],
+            templates=entries,  # type: ignore[arg-type]
+            registration=RegistrationSettings(spacing_mm=spacing, params=params).as_dict(),
+        )
+        volumes: dict[str, Volume] = {}
+        for e in entries:
+            volumes[e["ct"]], volumes[e["labels"]] = template.ct, template.labels
+        state = DualDecoderSegNet(width=width).state_dict()
+        save_model(
+            folder, metadata, state_dicts={e["network"]: state for e in entries}, volumes=volumes
+        )
+    folder = work / "models" / "unet-cpu"
+    if not (folder / "metadata.json").is_file():
+        metadata = ModelMetadata(
+            model="unet",
+            version="unet-cpu-random",
+            input_spec=InputSpec(in_plane_size=(256, 256)),
+            network_class="UNet2D",
+            hyperparameters={"width": 0.125},
+            networks=["network_00.pt"],
+        )
+        save_model(
+            folder, metadata, state_dicts={"network_00.pt": UNet2D(width=0.125).state_dict()}
+        )
+
+
+def _child(config: str, work: str, device: str, paper_slices: int, queue: Any) -> None:
+    import torch
+
+    from inference.segmentation.atlasnet_engine import AtlasNetEngine
+    from inference.segmentation.classical import segment
+    from inference.segmentation.unet_engine import UNetEngine
+
+    folder = Path(work)
+    ct = _load_ct(folder)
+    out: dict[str, Any] = {"config": config, "device": device}
+    if config == "classical":
+        out["rss_loaded_mb"] = _rss_mb()
+        start = time.perf_counter()
+        result = segment(ct)
+    elif config == "unet-cpu":
+        engine: Any = UNetEngine.from_folder(folder / "models" / "unet-cpu", device=device)
+        out["rss_loaded_mb"] = _rss_mb()
+        start = time.perf_counter()
+        result = engine.predict(ct)
+    elif config in ("atlasnet-cpu", "atlasnet-cpu-1", "atlasnet-paper-full"):
+        name = "atlasnet-paper" if config == "atlasnet-paper-full" else "atlasnet-cpu"
+        engine = AtlasNetEngine.from_folder(folder / "models" / name, device=device)
+        if config == "atlasnet-cpu-1":
+            engine = AtlasNetEngine(
+                engine.networks[:1],
+                engine.templates[:1],
+                input_spec=engine.input_spec,
+                registration=engine.registration,
+                device=device,
+            )
+        out["rss_loaded_mb"] = _rss_mb()
+        start = time.perf_counter()
+        result = engine.predict(ct)
+    elif config == "atlasnet-paper":
+        # One registration + a few slices of one full-width network, scaled up.
+        engine = AtlasNetEngine.from_folder(folder / "models" / "atlasnet-paper", device=device)
+        out["rss_loaded_mb"] = _rss_mb()
+        start = time.perf_counter()
+        one = AtlasNetEngine(
+            engine.networks[:1],
+            engine.templates[:1],
+            input_spec=engine.input_spec,
+            registration=engine.registration,
+            device=device,
+        )
+        t0 = time.perf_counter()
+        mapping = one.map_case(ct)[0]
+        register_s = time.perf_counter() - t0
+        slices = engine.input_spec.normalise(
+            np.asarray(engine.templates[0].ct.array)[:paper_slices]
+        )
+        network = engine.networks[0]
+        with torch.inference_mode():
+            x = torch.from_numpy(slices[:1])[:, None].to(device)
+            network(x)  # warm-up
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for k in range(slices.shape[0]):
+                network(torch.from_numpy(slices[k : k + 1])[:, None].to(device))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            per_slice_s = (time.perf_counter() - t0) / slices.shape[0]
+        del mapping
+        n_slices = engine.templates[0].ct.shape_kji[0]
+        n_networks = len(engine.networks)
+        out.update(
+            {
+                "extrapolated": True,
+                "register_one_s": register_s,
+                "network_per_slice_s": per_slice_s,
+                "seconds": n_networks * (register_s + per_slice_s * n_slices),
+                "measured_s": time.perf_counter() - start,
+                "peak_rss_mb": _peak_mb(),
+            }
+        )
+        queue.put(out)
+        return
+    else:
+        raise ValueError(config)
+    out["seconds"] = time.perf_counter() - start
+    out["peak_rss_mb"] = _peak_mb()
+    out["timings_s"] = {k: round(v, 2) for k, v in result.timings_s.items()}
+    out["lung_ml"] = round(result.lung_ml, 1)
+    if device.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    queue.put(out)
+
+
+def run(config: str, work: Path, device: str, paper_slices: int) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(config, str(work), device, paper_slices, queue))
+    process.start()
+    result: dict[str, Any] = queue.get()
+    process.join()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=400)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--configs",
+        default="classical,unet-cpu,atlasnet-cpu-1,atlasnet-cpu,atlasnet-paper",
+        help="comma-separated subset",
+    )
+    parser.add_argument("--paper-slices", type=int, default=3, help="slices timed (paper config)")
+    parser.add_argument("--full-paper", action="store_true", help="run the paper config in full")
+    args = parser.parse_args(argv)
+    work = args.work or Path("bench-out") / f"segmentation-{args.slices}x{args.size}"
+    ct = make_ct(work, args.slices, args.size, args.seed)
+    make_models(work, ct)
+    print(
+        f"CT {ct.shape_kji} voxels, spacing {tuple(round(s, 3) for s in ct.spacing_mm)} mm; device {args.device}"
+    )
+    rows = []
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        if config == "atlasnet-paper" and args.full_paper:
+            config = "atlasnet-paper-full"
+        result = run(config, work, args.device, args.paper_slices)
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+    scale = 400.0 / ct.shape_kji[0]
+    print()
+    print("| configuration | s per CT | s per 400 slices | peak RSS MB | note |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        note = "extrapolated: 6 x (1 registration + 400 slices)" if r.get("extrapolated") else ""
+        if r.get("extrapolated"):
+            note += f"; {r['network_per_slice_s']:.2f} s/slice, registration {r['register_one_s']:.0f} s"
+        print(
+            f"| {r['config']} | {r['seconds']:.1f} | {r['seconds'] * (1.0 if r.get('extrapolated') else scale):.1f} "
+            f"| {r['peak_rss_mb']:.0f} | {note} |"
+        )
+    (work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

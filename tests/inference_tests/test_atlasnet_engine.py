@@ -1,0 +1,328 @@
+"""The network engines: template registration both ways, majority vote, weights folders, CLI.
+
+The engine mechanics are tested with fixed "networks" (HU thresholds written as ``nn.Module``s),
+so the checks do not depend on training: what goes through the registration to the template and
+back must land where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from inference import segment
+from inference.networks.atlasnet import DualDecoderSegNet
+from inference.networks.unet import UNet2D
+from inference.phantoms import make_phantom
+from inference.segmentation import get_engine
+from inference.segmentation.atlasnet_engine import (
+    AtlasNetEngine,
+    RegistrationSettings,
+    _majority,
+    map_case_to_template,
+)
+from inference.segmentation.engines import EngineUnavailable
+from inference.segmentation.metrics import dice
+from inference.segmentation.unet_engine import UNetEngine
+from inference.segmentation.weights import (
+    METADATA_FILE,
+    InputSpec,
+    ModelMetadata,
+    WeightsError,
+    read_metadata,
+    save_model,
+    sha256_file,
+)
+from inference.training.datasets import SegmentationCase
+from inference.training.train import make_template
+from inference.volume import Volume
+
+SIZE = 48
+SPEC = InputSpec(in_plane_size=(SIZE, SIZE))
+REGISTRATION = RegistrationSettings(
+    spacing_mm=12.0,
+    params={
+        "affine_levels_mm": [24.0],
+        "affine_iterations": [10],
+        "levels_mm": [24.0],
+        "iterations": [5],
+    },
+)
+
+
+def _hu(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = SPEC.hu_window
+    return x * (hi - lo) / 2 + (hi + lo) / 2
+
+
+class ThresholdSegNet(nn.Module):
+    """Lung below -250 HU, disease between -700 and -250 HU (logits, two decoders)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hu = _hu(x)
+        lung = (-250.0 - hu) / 10.0
+        disease = torch.minimum(hu + 700.0, -250.0 - hu) / 10.0
+        zeros = torch.zeros_like(hu)
+        return torch.cat([zeros, lung], 1), torch.cat([zeros, disease], 1)
+
+
+class LeftHalfUNet(nn.Module):
+    """Calls "lung" the left half of every slice (columns i < W/2): orientation-sensitive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        left = (torch.arange(w) < w // 2).float().expand(n, 1, h, w) * 10.0
+        zeros = torch.zeros(n, 1, h, w)
+        return torch.cat([zeros, left, zeros - 10.0], 1)
+
+
+def _case(seed: int, extent: float = 15.0) -> SegmentationCase:
+    phantom = make_phantom(seed=seed, shape_kji=(12, SIZE, SIZE), extent_pct=extent)
+    return SegmentationCase(
+        case_id=f"s{seed}",
+        group=f"s{seed}",
+        ct=phantom.ct,
+        labels=phantom.labels,
+        annotated=np.ones(12, bool),
+    )
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[SegmentationCase]:
+    return [_case(seed) for seed in (31, 32, 33)]
+
+
+def _threshold_labels(ct: Volume) -> np.ndarray:
+    x = torch.from_numpy(SPEC.normalise(ct.array))[:, None]
+    lung_logits, disease_logits = ThresholdSegNet()(x)
+    lung = lung_logits.argmax(1).numpy() > 0
+    disease = disease_logits.argmax(1).numpy() > 0
+    return np.where(lung & disease, 2, np.where(lung, 1, 0))
+
+
+def test_majority_vote_and_ties() -> None:
+    votes = np.array([0, 1, 2, 3], np.uint8)
+    assert _majority(votes, None, 3).tolist() == [False, False, True, True]
+    sums = np.array([0, 255, 250, 0], np.uint16)  # tie at 1 of 2: mean prob decides
+    two = np.array([0, 1, 1, 2], np.uint8)
+    assert _majority(two, sums, 2).tolist() == [False, True, False, True]
+
+
+def test_a_template_maps_onto_itself_and_back(cases: list[SegmentationCase]) -> None:
+    template = make_template(cases[0], SIZE)
+    mapping = map_case_to_template(template, cases[0].ct, REGISTRATION)
+    warped = mapping.case_to_template(cases[0].labels, interpolation="nearest")
+    assert dice(warped > 0, template.labels.array > 0) > 0.9
+    back: list[np.ndarray] = []
+    channels = (np.asarray(template.labels.array) > 0).astype(np.float32)[None]
+    mapping.template_to_case(channels, lambda k0, k1, v: back.append(v[..., 0]))
+    assert dice(np.concatenate(back) >= 0.5, cases[0].labels.array > 0) > 0.9
+
+
+def test_the_ensemble_maps_predictions_back_to_the_case_grid(
+    cases: list[SegmentationCase],
+) -> None:
+    templates = [make_template(c, SIZE) for c in cases[:2]]
+    engine = AtlasNetEngine(
+        [ThresholdSegNet(), ThresholdSegNet()],
+        templates,
+        input_spec=SPEC,
+        registration=REGISTRATION,
+        model_version="test",
+    )
+    ct = cases[2].ct
+    prediction = engine.predict_ensemble(ct)
+    result = prediction.result
+    assert result.label_map.same_grid(ct)
+    assert result.engine == "atlasnet" and result.version.endswith("/test")
+    assert {"register", "warp", "network", "map_back", "vote"} <= set(result.timings_s)
+    fraction = prediction.ild_vote_fraction().array
+    assert set(np.unique(fraction)) <= {0.0, 0.5, 1.0}
+    assert prediction.ild_votes.same_grid(ct)
+    # The same threshold applied on the case's own grid, restricted to the body like the engine:
+    direct = _threshold_labels(ct)
+    lung = result.label_map.array > 0
+    assert dice(lung, (direct > 0) & (cases[2].labels.array > 0)) > 0.85
+    assert dice(lung, cases[2].labels.array > 0) > 0.85
+    assert not (result.label_map.array == 2)[~lung].any()
+
+
+def test_unet_engine_respects_the_scan_orientation(cases: list[SegmentationCase]) -> None:
+    engine = UNetEngine(LeftHalfUNet(), input_spec=SPEC, restrict_to_body=False)
+    ct = cases[0].ct
+    flipped = Volume(
+        np.ascontiguousarray(ct.array[:, :, ::-1]),
+        ct.spacing_mm,
+        tuple(ct.index_to_lps([ct.shape_kji[2] - 1, 0, 0])),  # type: ignore[arg-type]
+        ct.direction @ np.diag([-1.0, 1.0, 1.0]),
+    )
+    plain = engine.predict(ct).label_map.array
+    mirrored = engine.predict(flipped).label_map.array
+    assert plain[:, :, : SIZE // 2].all() and not plain[:, :, SIZE // 2 :].any()
+    assert np.array_equal(mirrored[:, :, ::-1], plain)
+
+
+def _save_unet(folder: Path, *, width: float = 1 / 32, size: int = 32) -> Path:
+    torch.manual_seed(0)
+    network = UNet2D(width=width)
+    metadata = ModelMetadata(
+        model="unet",
+        version="unet-test",
+        input_spec=InputSpec(in_plane_size=(size, size)),
+        network_class="UNet2D",
+        hyperparameters={"width": width},
+        networks=["network_00.pt"],
+    )
+    save_model(folder, metadata, state_dicts={"network_00.pt": network.state_dict()})
+    return folder
+
+
+def _save_atlasnet(folder: Path, cases: list[SegmentationCase]) -> Path:
+    torch.manual_seed(0)
+    templates = [make_template(c, SIZE) for c in cases[:2]]
+    entries = [
+        {"ct": f"t{t}_ct.nii.gz", "labels": f"t{t}_labels.nii.gz", "network": f"n{t}.pt"}
+        for t in range(2)
+    ]
+    metadata = ModelMetadata(
+        model="atlasnet",
+        version="atlasnet-test",
+        input_spec=SPEC,
+        network_class="DualDecoderSegNet",
+        hyperparameters={"width": 1 / 32},
+        networks=[e["network"] for e in entries],
+        templates=entries,  # type: ignore[arg-type]
+        registration=REGISTRATION.as_dict(),
+    )
+    volumes = {}
+    for entry, template in zip(entries, templates, strict=True):
+        volumes[entry["ct"]], volumes[entry["labels"]] = template.ct, template.labels
+    states = {e["network"]: DualDecoderSegNet(width=1 / 32).state_dict() for e in entries}
+    save_model(folder, metadata, state_dicts=states, volumes=volumes)
+    return folder
+
+
+def test_get_engine_loads_a_saved_atlasnet(cases: list[SegmentationCase], tmp_path: Path) -> None:
+    folder = _save_atlasnet(tmp_path / "atlas", cases)
+    engine = get_engine("atlasnet", weights=folder, device="cpu")
+    assert engine.version.endswith("atlasnet-test")
+    assert isinstance(engine, AtlasNetEngine) and len(engine.networks) == 2
+    result = engine.predict(cases[2].ct)
+    assert result.label_map.same_grid(cases[2].ct)
+
+
+def test_without_weights_the_error_says_how_to_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ILD_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(EngineUnavailable, match=r"python -m inference\.train_segmentation"):
+        get_engine("atlasnet")
+    with pytest.raises(EngineUnavailable, match="no trained unet model"):
+        get_engine("unet", weights=tmp_path / "nowhere")
+
+
+def test_the_default_model_folder_is_used_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ILD_MODELS_DIR", str(tmp_path / "models"))
+    _save_unet(tmp_path / "models" / "unet")
+    assert get_engine("unet").version.endswith("unet-test")
+
+
+def _rewrite(folder: Path, edit: object) -> None:
+    path = folder / METADATA_FILE
+    data = json.loads(path.read_text())
+    edit(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data))
+
+
+def test_a_replaced_weights_file_is_refused(tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    torch.save(UNet2D(width=1 / 32).state_dict(), folder / "network_00.pt")
+    with pytest.raises(EngineUnavailable, match="SHA-256"):
+        get_engine("unet", weights=folder)
+
+
+def test_weights_of_another_shape_are_refused(tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    _rewrite(folder, lambda d: d["network"]["hyperparameters"].update(width=1 / 16))
+    with pytest.raises(WeightsError, match="do not fit"):
+        UNetEngine.from_folder(folder)
+
+
+def test_pickled_objects_are_not_loaded(tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    torch.save({"weight": Path("/etc")}, folder / "network_00.pt")
+    digest = sha256_file(folder / "network_00.pt")
+    _rewrite(folder, lambda d: d["files"].update({"network_00.pt": digest}))
+    with pytest.raises(WeightsError, match="not a loadable weights file"):
+        UNetEngine.from_folder(folder)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["input_spec"].update(in_plane_size=[40, 40]), "multiple of 16"),
+        (lambda d: d.update(format_version=99), "format_version"),
+        (lambda d: d["labels"].update({"2": "tumour"}), "labels"),
+        (lambda d: d["network"].update({"class": "ResNet"}), "unknown network class"),
+        (lambda d: d["network"]["hyperparameters"].update(dropout=0.5), "hyper-parameters"),
+    ],
+)
+def test_a_bad_metadata_field_is_named(tmp_path: Path, edit: object, message: str) -> None:
+    folder = _save_unet(tmp_path / "m")
+    _rewrite(folder, edit)
+    with pytest.raises(WeightsError, match=message):
+        UNetEngine.from_folder(folder)
+
+
+def test_a_unet_folder_is_not_an_atlasnet(tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    with pytest.raises(WeightsError, match="not atlasnet"):
+        read_metadata(folder, model="atlasnet")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_asked_for_without_cuda_is_unavailable(tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    with pytest.raises(EngineUnavailable, match="CUDA"):
+        get_engine("unet", weights=folder, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_unet_runs_on_cuda(cases: list[SegmentationCase], tmp_path: Path) -> None:
+    folder = _save_unet(tmp_path / "m")
+    engine = get_engine("unet", weights=folder, device="cuda")
+    assert engine.predict(cases[0].ct).label_map.same_grid(cases[0].ct)
+
+
+def test_the_segment_cli_runs_a_network_engine(
+    cases: list[SegmentationCase], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.imageio import read_image, write_image
+
+    ct_path = write_image(cases[0].ct, tmp_path / "ct.nii.gz")
+    folder = _save_unet(tmp_path / "m")
+    out = tmp_path / "labels.nii.gz"
+    args = [str(ct_path), "--engine", "unet", "--weights", str(folder), "-o", str(out)]
+    assert segment.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["engine"] == "unet"
+    assert read_image(out).same_grid(cases[0].ct)
+    missing = [
+        str(ct_path),
+        "--engine",
+        "atlasnet",
+        "--weights",
+        str(tmp_path / "x"),
+        "-o",
+        str(out),
+    ]
+    assert segment.main(missing) == 3
+    assert "train_segmentation" in capsys.readouterr().err

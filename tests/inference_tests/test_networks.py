@@ -1,0 +1,138 @@
+"""Networks and losses of Chassagnon et al. 2020: shapes, the paper's architecture, the loss terms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from inference.networks.atlasnet import DualDecoderSegNet, scaled_channels
+from inference.networks.losses import (
+    PAPER_DISEASE_WEIGHTS,
+    PAPER_LUNG_WEIGHTS,
+    AtlasNetLoss,
+    semantic_constraint,
+    weighted_cross_entropy,
+)
+from inference.networks.unet import UNet2D
+
+TINY = 1 / 32
+
+
+def test_paper_width_gives_64_to_1024_channels_in_five_blocks() -> None:
+    assert scaled_channels(64, 1.0, 5) == [64, 128, 256, 512, 1024]
+    assert scaled_channels(64, 1 / 8, 5) == [8, 16, 32, 64, 128]
+
+
+def test_segnet_has_five_double_conv_blocks_and_four_poolings() -> None:
+    net = DualDecoderSegNet(width=TINY)
+    assert len(net.encoder) == 5
+    for block in net.encoder:
+        convs = [m for m in block if isinstance(m, torch.nn.Conv2d)]
+        norms = [m for m in block if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(convs) == 2 and len(norms) == 2
+    assert net.channels == [2, 4, 8, 16, 32]
+    assert net.size_multiple == 16  # four 2x2 poolings
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_segnet_returns_lung_and_disease_logits_at_input_size(size: int) -> None:
+    net = DualDecoderSegNet(width=TINY).eval()
+    with torch.no_grad():
+        lung, disease = net(torch.randn(2, 1, size, size))
+    assert lung.shape == (2, 2, size, size)
+    assert disease.shape == (2, 2, size, size)
+
+
+def test_the_two_decoders_are_separate_branches() -> None:
+    net = DualDecoderSegNet(width=TINY)
+    lung_params = {id(p) for p in net.lung_decoder.parameters()}
+    disease_params = {id(p) for p in net.disease_decoder.parameters()}
+    assert lung_params and disease_params and not lung_params & disease_params
+
+
+def test_unet_returns_three_class_logits() -> None:
+    net = UNet2D(width=TINY).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 1, 32, 32))
+    assert out.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("factory", [DualDecoderSegNet, UNet2D])
+def test_sizes_that_cannot_be_pooled_four_times_are_refused(factory: type) -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        factory(width=TINY)(torch.randn(1, 1, 40, 40))
+
+
+@pytest.mark.parametrize("bad", [{"width": 0.0}, {"depth": 0}, {"base_channels": 0}])
+def test_bad_hyper_parameters_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        DualDecoderSegNet(**bad)  # type: ignore[arg-type]
+
+
+def test_weighted_cross_entropy_is_the_papers_per_pixel_sum() -> None:
+    logits = torch.tensor([[[[2.0, -1.0]], [[0.5, 1.5]]]])  # [1, 2, 1, 2]
+    target = torch.tensor([[[0, 1]]])
+    log_p = torch.log_softmax(logits, dim=1)
+    expected = -(1.0 * log_p[0, 0, 0, 0] + 65.0 * log_p[0, 1, 0, 1]) / 2
+    got = weighted_cross_entropy(logits, target, PAPER_DISEASE_WEIGHTS)
+    assert float(got) == pytest.approx(float(expected))
+
+
+def test_weighted_cross_entropy_ignores_pixels_outside_valid() -> None:
+    logits = torch.randn(1, 2, 4, 4)
+    target = torch.randint(0, 2, (1, 4, 4))
+    valid = torch.zeros(1, 4, 4, dtype=torch.bool)
+    valid[0, :2] = True
+    partial = weighted_cross_entropy(logits, target, (1.0, 4.0), valid=valid)
+    whole = weighted_cross_entropy(logits[:, :, :2], target[:, :2], (1.0, 4.0))
+    assert float(partial) == pytest.approx(float(whole))
+
+
+def test_weight_count_must_match_classes() -> None:
+    with pytest.raises(ValueError, match="class weights"):
+        weighted_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2), (1.0, 2.0))
+
+
+def _disease_logits(p_disease: float) -> torch.Tensor:
+    logit = math.log(p_disease / (1 - p_disease))
+    return torch.tensor([0.0, logit]).view(1, 2, 1, 1)
+
+
+def test_semantic_term_penalises_disease_outside_the_lung_only() -> None:
+    outside = torch.zeros(1, 1, 1)
+    inside = torch.ones(1, 1, 1)
+    low, high = _disease_logits(0.1), _disease_logits(0.9)
+    assert float(semantic_constraint(high, outside)) > float(semantic_constraint(low, outside))
+    assert float(semantic_constraint(high, outside)) == pytest.approx(-math.log(0.1), rel=1e-5)
+    assert float(semantic_constraint(high, inside)) == 0.0
+
+
+def test_total_loss_sums_the_three_terms_with_unit_weights() -> None:
+    torch.manual_seed(0)
+    lung, disease = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    terms = AtlasNetLoss().terms(lung, disease, labels)
+    assert float(terms["total"]) == pytest.approx(
+        float(terms["lung"] + terms["disease"] + terms["semantic"])
+    )
+    assert AtlasNetLoss().lung_weights == PAPER_LUNG_WEIGHTS == (1.0, 4.0)
+    assert AtlasNetLoss().disease_weights == (1.0, 65.0)
+
+
+def test_a_few_sgd_steps_reduce_the_atlasnet_loss() -> None:
+    torch.manual_seed(0)
+    net = DualDecoderSegNet(width=TINY)
+    images = torch.randn(4, 1, 32, 32)
+    labels = (images[:, 0] < 0).long() + (images[:, 0] < -1).long()
+    criterion = AtlasNetLoss()
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for _ in range(8):
+        loss = criterion(*net(images), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
