@@ -1,8 +1,9 @@
 """Segmentation accuracy on held-out phantoms: classical vs AtlasNet vs U-Net (one command).
 
     .venv/bin/python benchmarks/accuracy_segmentation.py                 # small CPU scale
-    .venv/bin/python benchmarks/accuracy_segmentation.py --train-patients 16 --test-patients 8 \\
-        --size 256 --slices 64 --epochs 40 --lr-decrease-every 10        # closer to the target
+    .venv/bin/python benchmarks/accuracy_segmentation.py --work bench-out/accuracy-large \\
+        --train-patients 16 --test-patients 8 --size 256 --slices 96 --epochs 50 \\
+        --lr-decrease-every 10                                           # GPU-sized run
 
 1. Writes a training phantom cohort (``--train-seed``) and a held-out cohort (``--test-seed``,
    never used in training) with ``inference.phantoms.write_cohort``.
@@ -147,18 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-patients", type=int, default=4)
     parser.add_argument("--train-seed", type=int, default=1101)
     parser.add_argument("--test-seed", type=int, default=2202)
-    parser.add_argument("--slices", type=int, default=24, help="phantom slices (k)")
+    parser.add_argument("--slices", type=int, default=40, help="phantom slices (k)")
     parser.add_argument(
-        "--size", type=int, default=96, help="phantom in-plane size = network input"
+        "--size", type=int, default=80, help="phantom in-plane size = network input"
     )
     parser.add_argument("--templates", type=int, default=2)
     parser.add_argument("--width", type=float, default=0.125)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--unet-epochs", type=int, default=None, help="default: --epochs")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr-decrease-every", type=int, default=4)
+    parser.add_argument("--lr-decrease-every", type=int, default=5)
     parser.add_argument("--registration-spacing", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--real", action="store_true", help="also run on ../shared/data/real")
     parser.add_argument("--retrain", action="store_true", help="train even if models exist")
     args = parser.parse_args(argv)
@@ -166,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the held-out seed must differ from the training seed")
 
     work = args.work
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     timings: dict[str, float] = {}
     shape = (args.slices, args.size, args.size)
     start = time.perf_counter()
@@ -173,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         ("train", args.train_patients, args.train_seed),
         ("test", args.test_patients, args.test_seed),
     ):
-        if not (work / name / "cohort.json").is_file():
+        manifest = work / name / "cohort.json"
+        if manifest.is_file():
+            existing = json.loads(manifest.read_text())
+            if existing.get("shape_kji") != list(shape) or existing.get("seed") != seed:
+                parser.error(f"{work / name} holds another cohort; use another --work")
+        else:
             _log(f"writing {name} cohort: {patients} patients, seed {seed}, {shape}")
             write_cohort(work / name, patients=patients, seed=seed, shape_kji=shape, followup=False)
     timings["cohorts"] = time.perf_counter() - start
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr_decrease_every": args.lr_decrease_every,
         "seed": args.seed,
         "registration": registration,
-        "device": "cuda" if os.environ.get("ILD_BENCH_CUDA") else "cpu",
+        "device": device,
     }
     reports = {}
     for model, epochs in (("atlasnet", args.epochs), ("unet", args.unet_epochs or args.epochs)):
@@ -205,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reports[model] = json.loads((folder / "metadata.json").read_text())["validation"]
 
-    atlas = AtlasNetEngine.from_folder(work / "models" / "atlasnet")
-    unet = UNetEngine.from_folder(work / "models" / "unet")
+    atlas = AtlasNetEngine.from_folder(work / "models" / "atlasnet", device=device)
+    unet = UNetEngine.from_folder(work / "models" / "unet", device=device)
     n = len(atlas.networks)
     singles = [
         AtlasNetEngine(
@@ -214,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             [atlas.templates[t]],
             input_spec=atlas.input_spec,
             registration=atlas.registration,
+            device=device,
         )
         for t in range(n)
     ]
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             _fmt(summaries["unet"]["extent_error_points"], 1),
         ],
         [
-            "Seconds per CT (CPU)",
+            f"Seconds per CT ({device})",
             _fmt(summaries["classical"]["seconds_per_ct"], 1),
             _fmt(summaries["atlasnet"]["seconds_per_ct"], 1),
             _fmt(summaries["unet"]["seconds_per_ct"], 1),

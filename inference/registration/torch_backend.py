@@ -28,6 +28,7 @@ of the first and last voxels. Every index/physical/normalised conversion goes th
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ ENGINE_VERSION = "ild-torch-svf 1.0.0"
 DEFAULT_PARAMS: dict[str, Any] = {
     # "auto": CUDA when available, else CPU; or "cpu" / "cuda".
     "device": "auto",
-    # torch CPU threads; None keeps torch's default (all cores). On a shared, busy CPU use 1:
-    # OpenMP threads that wait for a descheduled sibling make each small op many times slower.
+    # torch CPU threads for every level. None: for levels of at least 2^19 voxels, torch's
+    # default lowered to the cores other processes leave idle (1-minute load average), and 1
+    # thread for smaller levels. OpenMP threads waiting for a descheduled sibling make ops many
+    # times slower on a busy shared CPU (see benchmarks/bench_registration.py).
     "threads": None,
     "seed": 0,
     # Robust intensity window (percent) mapped to [0, 1], per image, inside its mask.
@@ -449,6 +452,33 @@ def _optimise_velocity(
     return velocity.detach(), v_lattice
 
 
+# Below this many voxels a level runs single-threaded when ``threads`` is not set: its ops are
+# too small to gain from threads, and on a busy shared CPU each OpenMP barrier waiting for a
+# descheduled thread made such levels ~15x slower (1 mm benchmark, 8 mm affine level).
+_SMALL_LEVEL_VOXELS = 1 << 19
+
+
+def _idle_threads() -> int:
+    """torch's thread count, lowered to the cores left idle by other processes (load average).
+
+    On a shared CPU, threads beyond the idle cores only wait on each other.
+    """
+    threads = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        return threads
+    idle = (os.cpu_count() or threads) - busy
+    return max(1, min(threads, int(idle + 0.5)))
+
+
+def _set_level_threads(level: _Level, p: Mapping[str, Any], default: int) -> None:
+    if p["threads"]:
+        return
+    voxels = int(np.prod(level.lattice.shape_kji))
+    torch.set_num_threads(1 if voxels < _SMALL_LEVEL_VOXELS else default)
+
+
 class TorchBackend:
     """SVF instance optimisation with LNCC; see the module docstring."""
 
@@ -498,6 +528,8 @@ class TorchBackend:
         use_cuda = p["device"] == "cuda" or (p["device"] == "auto" and torch.cuda.is_available())
         device = torch.device("cuda" if use_cuda else "cpu")
         p["device_used"] = str(device)
+        threads_default = _idle_threads() if device.type == "cpu" else torch.get_num_threads()
+        p["threads_used"] = int(p["threads"] or threads_default)
 
         # ---- preprocess
         if fixed_mask is not None:
@@ -552,6 +584,7 @@ class TorchBackend:
             ):
                 t_level = time.perf_counter()
                 level = _make_level(inputs, float(spacing), p, device)
+                _set_level_threads(level, p, threads_default)
                 _optimise_affine(affine, level, int(iterations), p, device)
                 timings[f"affine_{spacing:g}mm"] = time.perf_counter() - t_level
         transform = affine.matrix().detach()
@@ -566,6 +599,7 @@ class TorchBackend:
             for spacing, iterations in zip(p["levels_mm"], p["iterations"], strict=True):
                 t_level = time.perf_counter()
                 level = _make_level(inputs, float(spacing), p, device)
+                _set_level_threads(level, p, threads_default)
                 velocity, velocity_lattice = _optimise_velocity(
                     velocity, level, transform, int(iterations), p, device
                 )

@@ -29,8 +29,8 @@ def test_segnet_has_five_double_conv_blocks_and_four_poolings() -> None:
     net = DualDecoderSegNet(width=TINY)
     assert len(net.encoder) == 5
     for block in net.encoder:
-        convs = [m for m in block if isinstance(m, torch.nn.Conv2d)]
-        norms = [m for m in block if isinstance(m, torch.nn.BatchNorm2d)]
+        convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+        norms = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert len(convs) == 2 and len(norms) == 2
     assert net.channels == [2, 4, 8, 16, 32]
     assert net.size_multiple == 16  # four 2x2 poolings
@@ -130,7 +130,8 @@ def test_a_few_sgd_steps_reduce_the_atlasnet_loss() -> None:
     optimiser = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     losses = []
     for _ in range(8):
-        loss = criterion(*net(images), labels)
+        lung, disease = net(images)
+        loss = criterion(lung, disease, labels)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
