@@ -14,16 +14,19 @@ training case registered onto that template.
    ``u`` lies on the coarse template grid: template point ``x`` ↔ case point ``x + u(x)``;
 2. **warp** the full-resolution case onto the template grid through ``u`` (trilinear);
 3. **predict** every axial slice with network ``t`` (softmax lung and disease probabilities);
-4. **map back** the probabilities to the case's own grid through the inverse field
-   (:func:`inference.registration.invert_displacement`, coarse case grid), trilinear, and vote:
-   network ``t`` votes lung where its lung probability is ≥ 0.5, and ILD where both its lung
-   and its disease probabilities are ≥ 0.5 (its own label 2).
+4. **map back** the probabilities through the inverse field
+   (:func:`inference.registration.invert_displacement`, coarse case grid), trilinear, onto the
+   *vote grid* — the case's slices and field of view at the networks' in-plane resolution (the
+   case grid itself when that is no finer) — and vote: network ``t`` votes lung where its lung
+   probability is ≥ 0.5, and ILD where both its lung and disease probabilities are ≥ 0.5 (its
+   own label 2).
 
 The label map is the simple-majority vote (more than half of the networks; an exact tie, possible
-with an even N, goes to the mean probability ≥ 0.5): 2 where ILD wins (within the winning lung),
-1 where only lung wins, 0 elsewhere. The per-voxel vote counts are kept (:class:`AtlasNetPrediction`) as an
-uncertainty map: the fraction of networks that called each voxel lung / ILD. Voxels outside the
-body (tissue above -500 HU, holes filled) are never lung (``restrict_to_body``).
+with an even N, goes to the mean probability ≥ 0.5), taken at the CT's resolution from the vote
+counts interpolated bilinearly in-plane: 2 where ILD wins (within the winning lung), 1 where
+only lung wins, 0 elsewhere. The vote counts are kept (:class:`AtlasNetPrediction`, on the vote
+grid) as an uncertainty map: the fraction of networks that called each voxel lung / ILD. Voxels
+outside the body (tissue above -500 HU, holes filled) are never lung (``restrict_to_body``).
 
 Arrays are ``[k, j, i]``; geometry in LPS mm; the label map is on the input CT's grid.
 """
