@@ -23,7 +23,7 @@ frontend:
 run: install frontend
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(PY) manage.py load_demo
+	$(PY) manage.py load_demo --queue-jobs
 	@echo "ILD Review on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
 	@trap 'kill 0' EXIT; \
 	$(VENV)/bin/celery -A webapp worker --pool=solo --queues=default,cpu,gpu --loglevel=INFO & \

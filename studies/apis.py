@@ -19,6 +19,7 @@ from core.exceptions import ApplicationError
 from core.models import Role
 from studies import selectors
 from studies.models import PftResult, Series
+from studies.services.clinical import import_clinical_csv
 from studies.services.ingest import ingest_datasets_bytes
 from studies.services.pft import import_pft_csv, import_pft_records
 
@@ -271,3 +272,22 @@ class PftListApi(APIView):
                 raise ApplicationError("send a CSV as 'file' or a JSON object / list of objects")
             report = import_pft_records(records, allowed_project_ids=allowed)
         return Response(report.to_dict(), status=status.HTTP_201_CREATED)
+
+
+class ClinicalImportApi(APIView):
+    """Table 1 characteristics (SSc subtype, mRSS, autoantibodies) from a CSV in field ``file``."""
+
+    parser_classes = [MultiPartParser]
+
+    def post(self, request: Request) -> Response:
+        require_role(request, *WRITE_ROLES)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise ApplicationError("send the CSV file in multipart field 'file'")
+        try:
+            text = upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ApplicationError("the CSV file is not UTF-8 text") from None
+        allowed = set(projects_for(request.user).values_list("pk", flat=True))
+        report = import_clinical_csv(text, allowed_project_ids=allowed)
+        return Response(report.to_dict(), status=status.HTTP_200_OK)

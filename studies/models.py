@@ -23,6 +23,17 @@ class Patient(BaseModel):
     deidentified = models.BooleanField(default=True)
     # Coordinators tag patients into cohorts (training, test, correlation, external, ...).
     cohort = models.CharField(max_length=64, blank=True, db_index=True)
+    # Clinical characteristics (Table 1), imported by ``studies.services.clinical``; None/"" =
+    # not recorded.
+    ssc_subtype = models.CharField(
+        max_length=8, blank=True, choices=[("diffuse", "diffuse"), ("limited", "limited")]
+    )
+    mrss = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="modified Rodnan skin score, 0-51"
+    )
+    anticentromere = models.BooleanField(null=True, blank=True)
+    anti_scl70 = models.BooleanField(null=True, blank=True)
+    other_autoantibodies = models.BooleanField(null=True, blank=True)
 
     class Meta:
         ordering = ["patient_id"]

@@ -23,6 +23,7 @@ api_v1 = [
     ),
     path("uploads/", study_apis.UploadApi.as_view(), name="api-uploads"),
     path("pfts/", study_apis.PftListApi.as_view(), name="api-pfts"),
+    path("clinical/", study_apis.ClinicalImportApi.as_view(), name="api-clinical"),
 ]
 
 urlpatterns = [

@@ -4,6 +4,7 @@ Layout under ``out_dir``::
 
     cohort.json                         manifest (seed, version, patients, time points, pairs)
     pft.csv                             one row per CT date (the app's importer header)
+    clinical.csv                        SSc subtype, mRSS, autoantibodies (Table 1 characteristics)
     P001/baseline/dicom/0001.dcm …      CT Image Storage series
     P001/baseline/labels.nii.gz         0 background, 1 lung without ILD, 2 ILD
     P001/baseline/lungs_lr.nii.gz       0 background, 1 right lung, 2 left lung
@@ -57,6 +58,31 @@ def patient_seed(cohort_seed: int, index: int) -> int:
         1, dtype=np.uint32
     )
     return int(state[0])
+
+
+CLINICAL_HEADER = ("patient_id", "ssc_subtype", "mrss", "anticentromere", "anti_scl70",
+                   "other_autoantibodies")  # fmt: skip
+
+
+def sample_clinical(cohort_seed: int, index: int, extent_pct: float) -> dict[str, Any]:
+    """Table 1 characteristics of patient ``index``: its own random stream (other draws unchanged).
+
+    Diffuse cutaneous SSc is likelier with extensive disease; anti-Scl-70 goes with the diffuse
+    form and anticentromere with the limited one, roughly as in SSc cohorts.
+    """
+    rng = np.random.default_rng([int(cohort_seed), int(index), 313])
+    diffuse = bool(rng.random() < (0.65 if extent_pct > 20.0 else 0.40))
+    mrss = int(np.clip(np.rint(rng.normal(16.0, 8.0) if diffuse else rng.normal(5.0, 3.0)), 0, 51))
+    scl70 = bool(rng.random() < (0.70 if diffuse else 0.40))
+    aca = bool(rng.random() < (0.03 if diffuse else 0.25))
+    other = bool(rng.random() < 0.25)
+    return {
+        "ssc_subtype": "diffuse" if diffuse else "limited",
+        "mrss": mrss,
+        "anticentromere": aca,
+        "anti_scl70": scl70,
+        "other_autoantibodies": other,
+    }
 
 
 def write_volume(volume: Volume, path: Path) -> Path:
@@ -188,6 +214,7 @@ def write_cohort(
     extents = sample_cohort_extents(rng, patients)
     tags = rng.choice(len(COHORT_TAGS), size=patients, p=COHORT_TAG_PROBABILITIES)
     rows: list[list[str]] = []
+    clinical_rows: list[list[str]] = []
     entries: list[dict[str, Any]] = []
     grid_info: dict[str, Any] = {}
     for n in range(1, patients + 1):
@@ -261,6 +288,13 @@ def write_cohort(
             tp["pft"] = {"date": pft_date.isoformat(), **pft.as_dict()}
             rows.append(_pft_row(pid, pft_date, pft))
             del name
+        clinical = sample_clinical(seed, n, extent)
+        clinical_rows.append(
+            [pid] + [
+                str(v).lower() if isinstance(v, bool) else str(v)
+                for v in (clinical[c] for c in CLINICAL_HEADER[1:])
+            ]
+        )  # fmt: skip
         entry: dict[str, Any] = {
             "patient_id": pid,
             "patient_name": patient.patient_name,
@@ -269,6 +303,7 @@ def write_cohort(
             "age_years": round(anat.age_years, 1),
             "height_cm": round(anat.height_cm, 1),
             "cohort": tag,
+            "clinical": clinical,
             "seed": pseed,
             "timepoints": timepoints,
         }
@@ -306,6 +341,10 @@ def write_cohort(
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CSV_HEADER.split(","))
         writer.writerows(rows)
+    with (out / "clinical.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CLINICAL_HEADER)
+        writer.writerows(clinical_rows)
     manifest = {
         "generator": "inference.phantoms",
         "version": PHANTOM_VERSION,
@@ -314,6 +353,7 @@ def write_cohort(
         "followup": followup,
         **grid_info,
         "pft_csv": "pft.csv",
+        "clinical_csv": "clinical.csv",
         "conventions": {
             "arrays": "[k, j, i]; spacing/origin (x, y, z) LPS mm; slice k increases towards the head",
             "labels": {"0": "background", "1": "lung without ILD", "2": "ILD"},

@@ -6,7 +6,9 @@ otherwise the patient's earliest CT series with an extent from the chosen source
 earliest CT series). Lung function is the PFT closest to that CT within ±3 months
 (``studies.selectors.closest_pft``). Age is at the CT, in years.
 
-Rows: age, women, TLC / FVC / DLCO / KCO (% predicted), ILD extent per source (% of lung; the
+Rows: age, women, diffuse SSc, modified Rodnan skin score, autoantibodies (anticentromere,
+anti-Scl-70, other, none — a patient may have several; "none" when all three are negative;
+unknown when not all are recorded and none is positive), TLC / FVC / DLCO / KCO (% predicted), ILD extent per source (% of lung; the
 source of each patient's number is in the per-patient table), Goh stage (extent > 20 % =
 extensive). Continuous rows are median [IQR] with Mann-Whitney (2 cohorts) or Kruskal-Wallis
 (≥ 3) P values, categorical rows counts (%) with Fisher's exact (Freeman-Halton) P, all from
@@ -43,6 +45,11 @@ PFTS = (
     ("dlco", "Predicted DLCO (%)"),
     ("kco", "Predicted KCO (%)"),
 )
+ANTIBODIES = (
+    ("anticentromere", "Anticentromere"),
+    ("anti_scl70", "Anti-Scl-70"),
+    ("other_autoantibodies", "Other"),
+)
 NO_COHORT = "(untagged)"
 
 
@@ -56,6 +63,10 @@ class PatientRow:
     woman: bool | None
     pft: dict[str, float | None]
     pft_interval_days: int | None
+    diffuse: bool | None = None
+    mrss: int | None = None
+    # anticentromere, anti_scl70, other_autoantibodies, none (all three negative); None = unknown
+    antibodies: dict[str, bool | None] = field(default_factory=dict)
     extents: dict[str, Extent] = field(default_factory=dict)
 
     def extent(self, source: str) -> Extent:
@@ -72,6 +83,11 @@ class PatientRow:
             "series_instance_uid": self.series_uid,
             "age_years": None if self.age_years is None else round(self.age_years, 1),
             "sex": None if self.woman is None else ("F" if self.woman else "M"),
+            "ssc_subtype": None
+            if self.diffuse is None
+            else ("diffuse" if self.diffuse else "limited"),
+            "mrss": self.mrss,
+            **{f"antibody[{name}]": value for name, value in self.antibodies.items()},
             **{f"{name}_pct_predicted": self.pft.get(name) for name, _ in PFTS},
             "pft_interval_days": self.pft_interval_days,
         }
@@ -93,6 +109,22 @@ def _age_years(patient: Patient, series: Series) -> float | None:
 def _woman(patient: Patient) -> bool | None:
     sex = (patient.sex or "").upper()
     return {"F": True, "M": False}.get(sex)
+
+
+def _diffuse(patient: Patient) -> bool | None:
+    return {"diffuse": True, "limited": False}.get(patient.ssc_subtype or "")
+
+
+def _antibodies(patient: Patient) -> dict[str, bool | None]:
+    found: dict[str, bool | None] = {name: getattr(patient, name) for name, _ in ANTIBODIES}
+    known = [v for v in found.values() if v is not None]
+    if any(known):
+        found["none"] = False
+    elif len(known) == len(ANTIBODIES):
+        found["none"] = True
+    else:
+        found["none"] = None
+    return found
 
 
 def chosen_series(
@@ -162,6 +194,9 @@ def patient_rows(
                 series_uid=series.series_instance_uid,
                 age_years=_age_years(patient, series),
                 woman=_woman(patient),
+                diffuse=_diffuse(patient),
+                mrss=patient.mrss,
+                antibodies=_antibodies(patient),
                 pft={
                     name: None if pft is None else getattr(pft, f"{name}_pct_predicted")
                     for name, _ in PFTS
@@ -304,6 +339,15 @@ def characteristics_table(
     if order:
         continuous("age", "Age (y)", lambda r: r.age_years, 0)
         categorical("women", "No. of women", lambda r: r.woman, (True, False))
+        categorical("diffuse", "Diffuse SSc", lambda r: r.diffuse, (True, False))
+        continuous("mrss", "Modified Rodnan skin score", lambda r: r.mrss, 0)
+        for name, label in (*ANTIBODIES, ("none", "None")):
+            categorical(
+                f"antibody[{name}]",
+                f"Autoantibodies: {label}",
+                lambda r, name=name: r.antibodies.get(name),
+                (True, False),
+            )
         for name, label in PFTS:
             continuous(name, label, lambda r, name=name: r.pft.get(name), 0)
         for source in sources:

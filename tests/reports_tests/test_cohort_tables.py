@@ -218,3 +218,48 @@ def test_dashboard_defaults_to_every_engine_found(cohort_patients, coordinator):
     report = dashboards.cohort_reports(coordinator, dashboards.Query())
     assert report.sources == ["atlasnet"]
     assert report.cohorts == ["training", "test", "correlation", "external"]
+
+
+def test_table1_subtype_skin_score_and_antibody_rows(cohort_patients):
+    rng = np.random.default_rng(11)
+    for patient in cohort_patients:
+        flags = [bool(v) for v in rng.random(3) < (0.2, 0.5, 0.25)]
+        Patient.objects.filter(pk=patient.pk).update(
+            ssc_subtype="diffuse" if rng.random() < 0.5 else "limited",
+            mrss=int(rng.integers(0, 30)),
+            anticentromere=flags[0],
+            anti_scl70=flags[1],
+            other_autoantibodies=flags[2],
+        )
+    # one patient with an unrecorded antibody and no positive one: "none" is unknown for them
+    Patient.objects.filter(pk=cohort_patients[0].pk).update(
+        anticentromere=None, anti_scl70=False, other_autoantibodies=False
+    )
+    rows = rows_for(cohort_patients)
+    groups = ["training", "test", "correlation"]
+    table = characteristics_table(rows, sources=["atlasnet"], test_groups=groups)
+    lines = {key: row for key, row, _, _ in table.rows}
+    stored = {p.pk: p for p in Patient.objects.all()}
+
+    diffuse = lines["diffuse"]
+    for cohort in table.groups:
+        members = [stored[r.patient_pk] for r in rows if r.cohort == cohort]
+        assert diffuse.counts[cohort][True] == sum(p.ssc_subtype == "diffuse" for p in members)
+
+    skin = {g: [stored[r.patient_pk].mrss for r in rows if r.cohort == g] for g in groups}
+    assert lines["mrss"].p_value == pytest.approx(stats.kruskal(*skin.values()).pvalue)
+
+    none_row = lines["antibody[none]"]
+    for cohort in table.groups:
+        members = [stored[r.patient_pk] for r in rows if r.cohort == cohort]
+        known_none = [
+            p
+            for p in members
+            if None not in (p.anticentromere, p.anti_scl70, p.other_autoantibodies)
+            and not (p.anticentromere or p.anti_scl70 or p.other_autoantibodies)
+        ]
+        assert none_row.counts[cohort][True] == len(known_none)
+    first_cohort = next(r.cohort for r in rows if r.patient_pk == cohort_patients[0].pk)
+    assert none_row.n_missing[first_cohort] == 1
+    labels = [cells[0] for cells in table.cells()]
+    assert "Diffuse SSc" in labels and "Autoantibodies: Anti-Scl-70" in labels

@@ -28,6 +28,9 @@ def test_it_loads_patients_with_two_cts_and_pfts(tmp_path):
         assert all(s.series.get().instances.count() == 24 for s in studies)
         # every CT has lung function within three months, on the shifted time line
         assert all(closest_pft(s) is not None for s in studies)
+        # Table 1 characteristics come with the cohort
+        assert patient.ssc_subtype in ("diffuse", "limited")
+        assert patient.mrss is not None and patient.anti_scl70 is not None
     assert set(User.objects.values_list("username", "role")) >= {
         ("coordinator", "coordinator"),
         ("reader-a", "radiologist"),

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from core.models import Membership, Project, Role, User
 from studies.models import Patient
+from studies.services.clinical import import_clinical_csv
 from studies.services.ingest import ingest_paths
 from studies.services.pft import import_pft_csv
 
@@ -34,6 +35,11 @@ class Command(BaseCommand):
             "--with-jobs",
             action="store_true",
             help="also segment (classical) and register (torch) the demo CTs here, synchronously",
+        )
+        parser.add_argument(
+            "--queue-jobs",
+            action="store_true",
+            help="queue the demo CTs' segmentation and registration jobs for the workers",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -74,10 +80,14 @@ class Command(BaseCommand):
         Patient.objects.filter(identity__original_patient_id__in=originals).update(cohort="demo")
         pft_report = import_pft_csv((out / "pft.csv").read_text())
         self.stdout.write(f"PFTs: created {pft_report.created}, updated {pft_report.updated}")
+        clinical_csv = out / manifest.get("clinical_csv", "clinical.csv")
+        if clinical_csv.exists():
+            clinical = import_clinical_csv(clinical_csv.read_text())
+            self.stdout.write(f"clinical characteristics: {clinical.updated} patients")
         self.stdout.write(
             f"demo users {', '.join(u for u, _ in DEMO_USERS)}; password {DEMO_PASSWORD}"
         )
-        if options["with_jobs"]:
+        if options["with_jobs"] or options["queue_jobs"]:
             from django.core.management import call_command
 
             demo_ids = Patient.objects.filter(project=project, cohort="demo").values_list(
@@ -86,6 +96,7 @@ class Command(BaseCommand):
             if demo_ids:
                 patients = [f"--patient={patient_id}" for patient_id in demo_ids]
                 call_command(
-                    "run_jobs", *patients, "--engine=classical", "--backend=torch", "--inline",
+                    "run_jobs", *patients, "--engine=classical", "--backend=torch",
+                    *(["--inline"] if options["with_jobs"] else []),
                     stdout=self.stdout, stderr=self.stderr,
                 )  # fmt: skip
