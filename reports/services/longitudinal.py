@@ -98,6 +98,15 @@ def _bool_or_none(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def _predicted(result: dict[str, Any], target: str) -> bool | None:
+    """The worsening classifier's call for ``target`` (``functional`` / ``morphologic``):
+    ``result["worsening"][target]["predicted"]`` as the registration job stores it."""
+    worsening = result.get("worsening")
+    if isinstance(worsening, dict) and isinstance(worsening.get(target), dict):
+        return _bool_or_none(worsening[target].get("predicted"))
+    return _bool_or_none(result.get(f"predicted_{target}_worsening"))
+
+
 def registration_summaries(patient: Patient) -> list[RegistrationSummary] | None:
     """The patient's SUCCEEDED registration jobs as summaries; ``None`` when there are none.
 
@@ -135,12 +144,8 @@ def registration_summaries(patient: Patient) -> list[RegistrationSummary] | None
                 mean_log_jacobian=float(value),
                 engine=job.engine,
                 engine_version=job.engine_version,
-                predicted_functional_worsening=_bool_or_none(
-                    result.get("predicted_functional_worsening")
-                ),
-                predicted_morphologic_worsening=_bool_or_none(
-                    result.get("predicted_morphologic_worsening")
-                ),
+                predicted_functional_worsening=_predicted(result, "functional"),
+                predicted_morphologic_worsening=_predicted(result, "morphologic"),
             )
         )
     return out or None

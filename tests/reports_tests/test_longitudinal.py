@@ -72,7 +72,9 @@ def follow_up(project, reader_a, reader_b):
         pft(patient, base_date, 90.0, 70.0)
         pft(patient, follow_date + dt.timedelta(days=20), 90.0 - fvc_drop, 70.0 - dlco_drop)
         value = float((0.06 if worse else 0.0) + rng.normal(0, 0.03))
-        registration(followup, baseline, value, predicted_functional_worsening=bool(value > 0.03))
+        called = bool(value > 0.03)
+        classifier = {"probability": 0.9 if called else 0.1, "threshold": 0.5, "predicted": called}
+        registration(followup, baseline, value, worsening={"functional": classifier})
         case = ReadingCase.objects.create(
             study=reading,
             series=followup,
