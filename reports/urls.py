@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from reports import apis, views
+from reports import apis, views, views_viewer
 
 api = [
     path("studies/", apis.StudyListApi.as_view(), name="api-reports-studies"),
@@ -55,4 +55,15 @@ urlpatterns = [
         name="reports-agreement-pair",
     ),
     path("reports/studies/<uuid:study_id>/compare/", views.compare, name="reports-compare"),
+    path(
+        "reports/registrations/<uuid:job_id>/viewer/",
+        views_viewer.longitudinal_viewer,
+        name="reports-longitudinal-viewer",
+    ),
+    path("reports/patients/<str:patient_id>/", views.patient_report, name="reports-patient"),
+    path(
+        "reports/patients/<str:patient_id>/report.pdf",
+        views.patient_report_pdf,
+        name="reports-patient-pdf",
+    ),
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import mark_safe
 from rest_framework.exceptions import ValidationError
 
@@ -21,9 +21,10 @@ from annotation.models import Assignment, Structure
 from core.exceptions import ApplicationError
 from reports import selectors
 from reports.params import parse_query, uuid_or_404
-from reports.services import agreement, dashboards, figures
+from reports.services import agreement, clinician, clinician_figures, dashboards, figures
 from reports.services.characteristics import PFTS
 from reports.services.extent import READERS, engines_available
+from reports.services.report_pdf import render_report_pdf
 from studies.models import Series
 
 View = Callable[..., HttpResponse]
@@ -339,3 +340,62 @@ def longitudinal(request: HttpRequest) -> HttpResponse:
         "mode": query.mode,
     }
     return render(request, "reports/longitudinal.html", context)
+
+
+# ------------------------------------------------------------- the clinician's patient report
+
+
+def _viewer_url(job_id: Any) -> str | None:
+    """The longitudinal viewer of a registration job, once that page exists."""
+    try:
+        return reverse("reports-longitudinal-viewer", args=[job_id])
+    except NoReverseMatch:
+        return None
+
+
+def clinician_page(view: View) -> View:
+    """Login; a patient outside the user's projects is a 404, a refused role a readable 403."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, patient_id: str) -> HttpResponse:
+        try:
+            patient = clinician.patient_for_report(request.user, patient_id)
+        except ApplicationError as error:
+            return render(
+                request, "reports/error.html", {"message": error.message}, status=error.status_code
+            )
+        return view(request, clinician.clinician_report(patient))
+
+    return wrapped
+
+
+@clinician_page
+def patient_report(request: HttpRequest, report: clinician.ClinicianReport) -> HttpResponse:
+    context = {
+        "report": report,
+        "pft_chart": mark_safe(clinician_figures.trend_svg(clinician_figures.pft_chart(report))),
+        "extent_chart": mark_safe(
+            clinician_figures.trend_svg(clinician_figures.extent_chart(report))
+        ),
+        "pft_rows": [{"pft": pft, "step": report.step_after(pft)} for pft in report.pfts],
+        "pair_rows": [
+            {
+                "pair": pair,
+                "regional": [pair.regional[name] for name in clinician.REGIONS],
+                "extent_change": clinician.fmt_signed(pair.extent_change_points),
+                "viewer_url": _viewer_url(pair.job_id) if pair.job_id else None,
+            }
+            for pair in report.pairs
+        ],
+    }
+    return render(request, "reports/patient_report.html", context)
+
+
+@clinician_page
+def patient_report_pdf(request: HttpRequest, report: clinician.ClinicianReport) -> HttpResponse:
+    response = HttpResponse(render_report_pdf(report), content_type="application/pdf")
+    name = f"ild-report-{report.patient}-{report.generated:%Y%m%d}.pdf"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
