@@ -29,7 +29,7 @@ export default defineConfig({
     emptyOutDir: true,
     manifest: true,
     chunkSizeWarningLimit: 6000,
-    rollupOptions: { input: 'src/main.ts' },
+    rollupOptions: { input: ['src/main.ts', 'src/longitudinal.ts'] },
   },
   test: {
     include: ['src/**/*.test.ts'],

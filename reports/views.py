@@ -1,6 +1,7 @@
 """Server-rendered dashboards (/reports/...): agreement (Table 2, box plots, heat map, drill-down
-to the slice), cohorts (Tables 1 and 3, Figure 5) and follow-up statistics. Coordinators only;
-each page calls one service and renders it, with links to the exports of the same filters."""
+to the slice), cohorts (Tables 1 and 3, Figure 5) and follow-up statistics, for coordinators; and
+the per-patient longitudinal report (HTML and PDF) for the patient's clinicians and coordinators
+(readers are blinded to model results). Each page calls one service and renders it."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,6 @@ from studies.dicomweb.selectors import Scope
 from studies.models import Instance
 from studies.services.ingest import FileOutcome, ingest_datasets_bytes
 
-# Ingest in batches so a large upload does not hold every de-identified copy at once.
-BATCH = 32
 # PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
@@ -160,18 +159,19 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
         sent.append(item)
     del parts
 
-    outcomes: dict[int, FileOutcome] = {}
     pending = [i for i, item in enumerate(sent) if not item.error]
-    for start in range(0, len(pending), BATCH):
-        batch = pending[start : start + BATCH]
-        report = ingest_datasets_bytes(
-            [(sent[i].name, sent[i].data) for i in batch],
-            project=project,
-            deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT),
-        )
-        for i, outcome in zip(batch, report.outcomes, strict=True):
-            outcomes[i] = outcome
-            sent[i].data = b""
+
+    def parts_to_store() -> Iterator[tuple[str, bytes]]:
+        # The ingest service works in batches; a part's bytes are released once handed over.
+        for i in pending:
+            data, sent[i].data = sent[i].data, b""
+            yield sent[i].name, data
+
+    # One ingest call per request: one geometry refresh per series, however many batches.
+    report = ingest_datasets_bytes(
+        parts_to_store(), project=project, deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT)
+    )
+    outcomes: dict[int, FileOutcome] = dict(zip(pending, report.outcomes, strict=True))
     return _response(scope, sent, outcomes)
 
 

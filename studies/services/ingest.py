@@ -165,14 +165,21 @@ def _ingest(
 
 @dataclass
 class _Prepared:
+    """One validated (and de-identified) file, with everything its index row needs."""
+
     name: str
     dataset: Dataset
     data: bytes
     key: DeidentificationKey | None
+    sop_uid: str = ""
+    series_uid: str = ""
+    relpath: str = ""
+    digest: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> _Prepared | FileOutcome:
-    """Validate and de-identify one file (no database, no disk)."""
+    """Validate, de-identify and describe one file (no database, no disk)."""
     try:
         dataset = parse_ct_instance(data)
         key: DeidentificationKey | None = None
@@ -180,11 +187,39 @@ def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> _Prepa
             result = deidentifier.apply(dataset, in_place=True)
             dataset, key = result.dataset, result.key
             data = encode(dataset)
-        return _Prepared(name, dataset, data, key)
+        return _describe(_Prepared(name, dataset, data, key))
     except RejectedFile as exc:
         return FileOutcome(name, "rejected", str(exc))
     except DeidentificationError as exc:
         return FileOutcome(name, "rejected", f"cannot de-identify: {exc}")
+
+
+def _describe(item: _Prepared) -> _Prepared:
+    dataset, data = item.dataset, item.data
+    item.sop_uid = str(dataset.SOPInstanceUID)
+    item.series_uid = str(dataset.SeriesInstanceUID)
+    item.relpath = storage.instance_relpath(
+        str(dataset.StudyInstanceUID), item.series_uid, item.sop_uid
+    )
+    item.digest = storage.sha256_hex(data)
+    item.fields = {
+        "sop_instance_uid": item.sop_uid,
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
+        "instance_number": _int(dataset.get("InstanceNumber")),
+        "rows": int(dataset.Rows),
+        "columns": int(dataset.Columns),
+        "number_of_frames": _int(dataset.get("NumberOfFrames")) or 1,
+        "image_position_patient": _floats(dataset.get("ImagePositionPatient")),
+        "image_orientation_patient": _floats(dataset.get("ImageOrientationPatient")),
+        "pixel_spacing": _floats(dataset.get("PixelSpacing")),
+        "file": item.relpath,
+        "size_bytes": len(data),
+        "sha256": item.digest,
+        "dicom_json": instance_json_text(dataset),
+        **pixel_data_location(dataset, data),
+    }
+    return item
 
 
 def ingest_bytes(
@@ -197,8 +232,13 @@ def ingest_bytes(
 def _ingest_batch(
     items: list[tuple[str, bytes]], *, project: Project, deidentifier: Deidentifier | None
 ) -> list[FileOutcome]:
-    """Store a batch in one transaction: each file in its own savepoint, files renamed into
-    place just before the commit and removed again if the commit fails."""
+    """Store a batch in one transaction, files renamed into place just before the commit and
+    removed again if the commit fails.
+
+    The rows of the batch are inserted together; when that fails on a constraint (another
+    writer stored one of the same SOP Instance UIDs meanwhile), the batch is retried file by
+    file, each in its own savepoint, so one conflict does not lose the others.
+    """
     prepared = [prepare(name, data, deidentifier) for name, data in items]
     outcomes: list[FileOutcome] = []
     moves: list[tuple[Path, Path]] = []
@@ -206,14 +246,27 @@ def _ingest_batch(
     try:
         with transaction.atomic():
             hierarchy = _HierarchyCache(project)
+            stored = _stored_digests([p.sop_uid for p in prepared if isinstance(p, _Prepared)])
+            accepted: list[tuple[_Prepared, Series, Path]] = []
             for item in prepared:
                 if isinstance(item, FileOutcome):
                     outcomes.append(item)
                     continue
-                outcome, move = _store_one(item, hierarchy)
-                outcomes.append(outcome)
-                if move is not None:
-                    moves.append(move)
+                if item.sop_uid in stored:  # stored before, or earlier in this batch
+                    outcomes.append(_duplicate_or_conflict(item, stored[item.sop_uid]))
+                    continue
+                try:
+                    series = hierarchy.series_for(item.dataset, item.key)
+                except RejectedFile as exc:
+                    outcomes.append(_rejected(item, str(exc)))
+                    continue
+                stored[item.sop_uid] = item.digest
+                temp = storage.write_temp_beside(item.relpath, item.data)
+                moves.append((temp, storage.absolute(item.relpath)))
+                accepted.append((item, series, temp))
+                outcomes.append(FileOutcome(item.name, "stored", "", item.sop_uid, item.series_uid))
+            if accepted and not _insert_together(accepted):
+                _insert_one_by_one(accepted, outcomes, moves)
             storage.make_durable([temp for temp, _ in moves])
             for temp, final in moves:
                 temp.replace(final)
@@ -225,6 +278,70 @@ def _ingest_batch(
             temp.unlink(missing_ok=True)
         raise
     return outcomes
+
+
+def _stored_digests(sop_uids: list[str]) -> dict[str, str]:
+    """SHA-256 of the instances already stored under these SOP Instance UIDs."""
+    return dict(
+        Instance.objects.filter(sop_instance_uid__in=sop_uids).values_list(
+            "sop_instance_uid", "sha256"
+        )
+    )
+
+
+def _instance_row(item: _Prepared, series: Series) -> Instance:
+    return Instance(series=series, **item.fields)
+
+
+def _uid_mappings(item: _Prepared, series: Series) -> list[UidMapping]:
+    if item.key is None:
+        return []
+    key = item.key
+    levels = (
+        (UidMapping.Level.STUDY, key.original_study_instance_uid, key.study_instance_uid),
+        (UidMapping.Level.SERIES, key.original_series_instance_uid, key.series_instance_uid),
+        (UidMapping.Level.INSTANCE, key.original_sop_instance_uid, key.sop_instance_uid),
+    )
+    patient_id = series.study.patient_id
+    return [
+        UidMapping(original_uid=original, stored_uid=stored, level=level, patient_id=patient_id)
+        for level, original, stored in levels
+    ]
+
+
+def _insert_together(accepted: list[tuple[_Prepared, Series, Path]]) -> bool:
+    """Insert the batch's rows in two statements; False (nothing inserted) on a conflict."""
+    try:
+        with transaction.atomic():
+            Instance.objects.bulk_create([_instance_row(i, s) for i, s, _ in accepted])
+            UidMapping.objects.bulk_create(
+                [m for i, s, _ in accepted for m in _uid_mappings(i, s)], ignore_conflicts=True
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def _insert_one_by_one(
+    accepted: list[tuple[_Prepared, Series, Path]],
+    outcomes: list[FileOutcome],
+    moves: list[tuple[Path, Path]],
+) -> None:
+    """Each row in its own savepoint; a SOP Instance UID stored meanwhile by another writer
+    becomes a duplicate (or a conflict) and its file is dropped."""
+    by_sop = {o.sop_instance_uid: n for n, o in enumerate(outcomes) if o.status == "stored"}
+    for item, series, temp in accepted:
+        try:
+            with transaction.atomic():
+                _instance_row(item, series).save(force_insert=True)
+                UidMapping.objects.bulk_create(_uid_mappings(item, series), ignore_conflicts=True)
+        except IntegrityError:
+            existing = Instance.objects.filter(sop_instance_uid=item.sop_uid).only("sha256").first()
+            if existing is None:
+                raise
+            outcomes[by_sop[item.sop_uid]] = _duplicate_or_conflict(item, existing.sha256)
+            temp.unlink(missing_ok=True)
+            moves.remove((temp, storage.absolute(item.relpath)))
 
 
 class _HierarchyCache:
@@ -246,10 +363,12 @@ class _HierarchyCache:
                     f"StudyInstanceUID {dataset.StudyInstanceUID} belongs to another patient"
                 )
             return cached
-        return _index_hierarchy(dataset, project=self.project, identity=key)
-
-    def remember(self, series: Series) -> None:
+        # In a savepoint: a refusal half-way (a study of another patient) creates nothing.
+        with transaction.atomic():
+            series = _index_hierarchy(dataset, project=self.project, identity=key)
+        series.study.patient  # noqa: B018  (loaded once here, reused for every file)
         self.series[series.series_instance_uid] = series
+        return series
 
 
 def parse_ct_instance(data: bytes) -> Dataset:
@@ -371,76 +490,23 @@ def patient_id_of(dataset: Dataset) -> str:
     return "ANON-" + storage.sha256_hex(str(dataset.StudyInstanceUID).encode())[:12].upper()
 
 
-def _store_one(
-    item: _Prepared, hierarchy: _HierarchyCache
-) -> tuple[FileOutcome, tuple[Path, Path] | None]:
-    """Index one prepared file in a savepoint and write it beside its final path."""
-    dataset, data, name = item.dataset, item.data, item.name
-    study_uid = str(dataset.StudyInstanceUID)
-    series_uid = str(dataset.SeriesInstanceUID)
-    sop_uid = str(dataset.SOPInstanceUID)
-    digest = storage.sha256_hex(data)
-    relpath = storage.instance_relpath(study_uid, series_uid, sop_uid)
-
-    existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
-    if existing is not None:
-        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid), None
-
-    temp = storage.write_temp_beside(relpath, data)
-    try:
-        with transaction.atomic():
-            series = hierarchy.series_for(dataset, item.key)
-            Instance.objects.create(
-                series=series,
-                sop_instance_uid=sop_uid,
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                instance_number=_int(dataset.get("InstanceNumber")),
-                rows=int(dataset.Rows),
-                columns=int(dataset.Columns),
-                number_of_frames=_int(dataset.get("NumberOfFrames")) or 1,
-                image_position_patient=_floats(dataset.get("ImagePositionPatient")),
-                image_orientation_patient=_floats(dataset.get("ImageOrientationPatient")),
-                pixel_spacing=_floats(dataset.get("PixelSpacing")),
-                file=relpath,
-                size_bytes=len(data),
-                sha256=digest,
-                dicom_json=instance_json_text(dataset),
-                **pixel_data_location(dataset, data),
-            )
-            if item.key is not None:
-                _record_uid_mapping(item.key, series.study.patient)
-    except RejectedFile as exc:
-        temp.unlink(missing_ok=True)
-        return FileOutcome(name, "rejected", str(exc), sop_uid, series_uid), None
-    except IntegrityError:
-        # Another writer stored the same SOP Instance UID between our check and our insert.
-        temp.unlink(missing_ok=True)
-        existing = Instance.objects.filter(sop_instance_uid=sop_uid).only("sha256").first()
-        if existing is None:
-            raise
-        return _duplicate_or_conflict(name, existing.sha256, digest, sop_uid, series_uid), None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    hierarchy.remember(series)
-    return FileOutcome(name, "stored", "", sop_uid, series_uid), (temp, storage.absolute(relpath))
+def _rejected(item: _Prepared, reason: str) -> FileOutcome:
+    return FileOutcome(item.name, "rejected", reason, item.sop_uid, item.series_uid)
 
 
-def _duplicate_or_conflict(
-    name: str, stored_digest: str, digest: str, sop_uid: str, series_uid: str
-) -> FileOutcome:
-    if stored_digest == digest:
+def _duplicate_or_conflict(item: _Prepared, stored_digest: str) -> FileOutcome:
+    if stored_digest == item.digest:
         return FileOutcome(
-            name, "duplicate", "identical instance already stored", sop_uid, series_uid
+            item.name,
+            "duplicate",
+            "identical instance already stored",
+            item.sop_uid,
+            item.series_uid,
         )
-    return FileOutcome(
-        name,
-        "rejected",
-        f"a different file is already stored under SOPInstanceUID {sop_uid}; "
+    return _rejected(
+        item,
+        f"a different file is already stored under SOPInstanceUID {item.sop_uid}; "
         "the stored instance was kept (send a new SOPInstanceUID for a corrected image)",
-        sop_uid,
-        series_uid,
     )
 
 
@@ -506,51 +572,44 @@ def _index_hierarchy(
     return series
 
 
-def _record_uid_mapping(key: DeidentificationKey, patient: Patient) -> None:
-    levels = (
-        (UidMapping.Level.STUDY, key.original_study_instance_uid, key.study_instance_uid),
-        (UidMapping.Level.SERIES, key.original_series_instance_uid, key.series_instance_uid),
-        (UidMapping.Level.INSTANCE, key.original_sop_instance_uid, key.sop_instance_uid),
-    )
-    UidMapping.objects.bulk_create(
-        [
-            UidMapping(original_uid=original, stored_uid=stored, level=level, patient=patient)
-            for level, original, stored in levels
-        ],
-        ignore_conflicts=True,
-    )
-
-
 def refresh_series_geometry(series_uids: Iterable[str]) -> None:
     """Recompute each series' geometry summary from the indexed headers (no file reads)."""
     from inference.dicom.series import summarize_geometry
 
-    for series in Series.objects.filter(series_instance_uid__in=list(series_uids)):
-        headers = []
-        for row in series.instances.all().only(
+    rows_by_series: dict[Any, list[tuple[Any, ...]]] = {}
+    for row in (
+        Instance.objects.filter(series__series_instance_uid__in=list(series_uids))
+        .order_by()
+        .values_list(
+            "series_id",
+            "sop_instance_uid",
             "rows",
             "columns",
+            "instance_number",
             "image_position_patient",
             "image_orientation_patient",
             "pixel_spacing",
-            "instance_number",
-            "sop_instance_uid",
-        ):
+        )
+    ):
+        rows_by_series.setdefault(row[0], []).append(row[1:])
+    for series_pk, rows in rows_by_series.items():
+        headers = []
+        for sop_uid, n_rows, n_columns, number, position, orientation, spacing in rows:
             header = Dataset()
-            header.SOPInstanceUID = row.sop_instance_uid
-            header.Rows = row.rows
-            header.Columns = row.columns
-            if row.instance_number is not None:
-                header.InstanceNumber = row.instance_number
-            if row.image_position_patient:
-                header.ImagePositionPatient = row.image_position_patient
-            if row.image_orientation_patient:
-                header.ImageOrientationPatient = row.image_orientation_patient
-            if row.pixel_spacing:
-                header.PixelSpacing = row.pixel_spacing
+            header.SOPInstanceUID = sop_uid
+            header.Rows = n_rows
+            header.Columns = n_columns
+            if number is not None:
+                header.InstanceNumber = number
+            if position:
+                header.ImagePositionPatient = position
+            if orientation:
+                header.ImageOrientationPatient = orientation
+            if spacing:
+                header.PixelSpacing = spacing
             headers.append(header)
         try:
             geometry = summarize_geometry(headers).to_dict()
         except Exception as exc:
             geometry = {"n_slices": len(headers), "problems": [str(exc)]}
-        Series.objects.filter(pk=series.pk).update(geometry=geometry)
+        Series.objects.filter(pk=series_pk).update(geometry=geometry)

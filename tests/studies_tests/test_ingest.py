@@ -111,13 +111,14 @@ def test_a_follow_up_imported_later_lands_on_the_same_pseudonymous_patient(proje
     assert (dates[1] - dates[0]).days == 366  # the interval survives the date shift
 
 
-def test_a_failed_index_write_leaves_no_file_and_no_row(project):
-    files = ct_series_bytes(1)
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_failed_index_write_leaves_no_file_and_no_row(project, n):
+    files = ct_series_bytes(n)
     with mock.patch(
-        "studies.models.Instance.objects.create", side_effect=RuntimeError("disk full")
+        "studies.models.UidMapping.objects.bulk_create", side_effect=RuntimeError("disk full")
     ):
         with pytest.raises(RuntimeError):
-            ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+            ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=True)
     assert not Instance.objects.exists()
     assert not Study.objects.exists()
     leftovers = [p for p in storage.storage_root().rglob("*") if p.is_file()]
@@ -176,3 +177,47 @@ def test_the_pixel_data_location_points_at_the_pixel_bytes(project, compressed):
     else:
         start, length = instance.pixel_data_offset, instance.pixel_data_length
         assert stored[start : start + length] == reread.PixelData
+
+
+def test_the_same_instance_twice_in_one_upload_is_stored_once(project):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    first = to_bytes(ct_slice(study_uid=study, series_uid=series, index=0, sop_uid=sop))
+    changed = to_bytes(ct_slice(study_uid=study, series_uid=series, index=0, sop_uid=sop, fill=7))
+    report = ingest_datasets_bytes(
+        [("a.dcm", first), ("again.dcm", first), ("changed.dcm", changed)],
+        project=project,
+        deidentify=False,
+    )
+    assert [o.status for o in report.outcomes] == ["stored", "duplicate", "rejected"]
+    assert storage.absolute(Instance.objects.get().file).read_bytes() == first
+
+
+def test_an_instance_stored_meanwhile_by_another_writer_is_a_duplicate(project):
+    files = ct_series_bytes(2)
+    ingest_datasets_bytes([("0.dcm", files[0])], project=project, deidentify=False)
+    # The other writer's row is not seen by the batch's lookup, only by the database's
+    # unique constraint: the batch is retried file by file.
+    with mock.patch("studies.services.ingest._stored_digests", return_value={}):
+        report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    assert [o.status for o in report.outcomes] == ["duplicate", "stored"]
+    assert Instance.objects.count() == 2
+    assert Series.objects.get().geometry["n_slices"] == 2
+    leftovers = [p.name for p in storage.storage_root().rglob("*.part")]
+    assert leftovers == []
+
+
+def test_a_study_of_another_patient_is_refused_without_creating_the_patient(project):
+    study = generate_uid()
+    ingest_datasets_bytes(
+        enumerate_names(ct_series_bytes(1, study_uid=study, patient_id="A-1")),
+        project=project,
+        deidentify=False,
+    )
+    report = ingest_datasets_bytes(
+        enumerate_names(ct_series_bytes(1, study_uid=study, patient_id="B-2")),
+        project=project,
+        deidentify=False,
+    )
+    assert report.rejected == 1
+    assert "another patient" in report.outcomes[0].reason
+    assert list(Patient.objects.values_list("patient_id", flat=True)) == ["A-1"]
