@@ -167,6 +167,10 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
         with out.path("summary.json").open("w") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
         timings["write"] = time.perf_counter() - t
+    progress(0.96)
+    t = time.perf_counter()
+    worsening = classify_worsening(baseline.volume, lung_iso, logjac_iso)
+    timings["worsening"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
 
     regional_all = summary.get("regional_mean_log_jacobian") or {}
@@ -203,8 +207,55 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
             "registration_grid": summary.get("grid"),
             "followup_slice_for_baseline_slice": followup_k,
             "followup_sop_for_baseline_slice": followup_uids,
+            "worsening": worsening,
         }
     )
+
+
+def classify_worsening(baseline_ct: Volume, lung: Volume, log_jacobian: Volume) -> dict[str, Any]:
+    """The worsening classifier's output for one registered pair (``settings.WORSENING_CLASSIFIER``).
+
+    Returns ``{"model_version", "template_digest", "functional": {"probability", "threshold",
+    "predicted"}, "morphologic": {...}, "template_mean_log_jacobian", "template_lung_dice",
+    "seconds"}``; ``{"status": "off"}`` when disabled; ``{"error": reason}`` when the model cannot
+    be loaded or the pair cannot be mapped to its template. The registration itself stands either
+    way, so a classifier problem never fails the job.
+    """
+    from django.conf import settings
+
+    from inference.registration import RegistrationError
+    from inference.worsening import (
+        WorseningModelError,
+        default_model,
+        load_model,
+        predict_worsening,
+    )
+
+    choice = str(settings.WORSENING_CLASSIFIER or "off").strip()
+    if choice == "off":
+        return {"status": "off"}
+    try:
+        model = default_model() if choice == "default" else load_model(Path(choice))
+        prediction = predict_worsening(baseline_ct, lung, log_jacobian, model)
+    except (WorseningModelError, RegistrationError, ValueError, OSError) as error:
+        return {"error": f"worsening classifier: {error}"}
+    return {
+        "model_version": prediction.model_version,
+        "template_digest": prediction.template_digest,
+        "functional": {
+            "probability": round(prediction.functional_probability, 4),
+            "threshold": round(prediction.functional_threshold, 4),
+            "predicted": prediction.functional_worsening,
+        },
+        "morphologic": {
+            "probability": round(prediction.morphologic_probability, 4),
+            "threshold": round(prediction.morphologic_threshold, 4),
+            "predicted": prediction.morphologic_worsening,
+        },
+        "template_mean_log_jacobian": round(prediction.mean_log_jacobian_template, 5),
+        "template_lung_dice": round(prediction.template_lung_dice, 4),
+        "seconds": prediction.seconds,
+    }
 
 
 def on_baseline_grid(

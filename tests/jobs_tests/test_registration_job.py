@@ -223,3 +223,20 @@ def test_run_jobs_queues_every_series_and_each_consecutive_pair(
     assert registration.params["spacing_mm"] == 4.0
     assert len(sent) == 3 and {s["queue"] for s in sent} == {"cpu"}
     assert "jobs: 3 queued" in out.getvalue()
+
+
+def test_the_classifier_is_recorded_as_off_when_disabled(registered):
+    assert registered.result["worsening"] == {"status": "off"}
+
+
+def test_an_unusable_classifier_model_is_reported_without_failing_the_registration(
+    baseline_series, followup_series, django_capture_on_commit_callbacks, settings, tmp_path
+):
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "metadata.json").write_text("{not json")
+    settings.WORSENING_CLASSIFIER = str(broken)
+    job = register(baseline_series, followup_series, django_capture_on_commit_callbacks)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert job.result["mean_log_jacobian"] < 0
+    assert job.result["worsening"]["error"].startswith("worsening classifier:")

@@ -101,6 +101,10 @@ STATICFILES_DIRS = [p for p in [BASE_DIR / "frontend" / "dist"] if p.exists()]
 
 # Where DICOM instances and job outputs live; each file is stored once, keyed by UIDs.
 STORAGE_ROOT = env_path("ILD_STORAGE_ROOT", VAR_DIR / "storage")
+# The worsening classifier run after each registration job: "default" (the weight-free model,
+# trained in-project on synthetic phantoms on first use and cached under ILD_MODELS_DIR or
+# var/models/worsening), "off", or the folder of a user-supplied model (model.pt + metadata.json).
+WORSENING_CLASSIFIER = env_str("ILD_WORSENING_CLASSIFIER", "default")
 # Uploads larger than this are refused before they are read (bytes).
 MAX_UPLOAD_BYTES = env_int("ILD_MAX_UPLOAD_BYTES", 4 * 1024**3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024**2

@@ -11,3 +11,5 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGE_ROOT = Path(tempfile.mkdtemp(prefix="ild-test-storage-"))
 CELERY_TASK_ALWAYS_EAGER = True
 DEIDENTIFICATION_SECRET = "test-deidentification-secret"
+# Registration job tests that exercise the classifier point this at a tiny model they train.
+WORSENING_CLASSIFIER = "off"
