@@ -43,6 +43,7 @@ from core.exceptions import ApplicationError
 from core.models import Role
 from jobs import selectors, services
 from jobs.models import Job
+from jobs.slices import npz_member, npz_small
 from studies import selectors as study_selectors
 from studies.services import storage
 
@@ -263,22 +264,24 @@ class OverlayApi(APIView):
         job = _visible_output(request, job_id)
         path = _stored(_npz_relpath(job))
         headers: dict[str, str] = {"Cache-Control": "private, max-age=300"}
-        with np.load(path) as data:
-            uids = [str(u) for u in data["sop_instance_uids"]]
-            if sop not in uids:
-                raise ApplicationError(
-                    "this image is not a slice of the job's series",
-                    status_code=status.HTTP_404_NOT_FOUND,
-                )
-            k = uids.index(sop)
-            if job.kind == Job.Kind.SEGMENTATION:
-                rgba = segmentation_rgba(np.asarray(data["labels"][k]))
-            else:
-                values = np.asarray(data["log_jacobian"][k], dtype=np.float32)
-                rgba = log_jacobian_rgba(values, np.asarray(data["lung"][k]) > 0, value_range)
-                headers["X-Overlay-Range"] = f"{value_range:g}"
-                headers["X-Followup-Slice-Index"] = str(int(data["followup_slice_index"][k]))
-                headers["X-Followup-Sop-Instance-Uid"] = str(data["followup_sop_instance_uids"][k])
+        uids = [str(u) for u in npz_small(path, "sop_instance_uids")]
+        if sop not in uids:
+            raise ApplicationError(
+                "this image is not a slice of the job's series",
+                status_code=status.HTTP_404_NOT_FOUND,
+            )
+        k = uids.index(sop)
+        if job.kind == Job.Kind.SEGMENTATION:
+            rgba = segmentation_rgba(np.asarray(npz_member(path, "labels")[k]))
+        else:
+            values = np.asarray(npz_member(path, "log_jacobian")[k], dtype=np.float32)
+            inside = np.asarray(npz_member(path, "lung")[k]) > 0
+            rgba = log_jacobian_rgba(values, inside, value_range)
+            headers["X-Overlay-Range"] = f"{value_range:g}"
+            headers["X-Followup-Slice-Index"] = str(int(npz_small(path, "followup_slice_index")[k]))
+            headers["X-Followup-Sop-Instance-Uid"] = str(
+                npz_small(path, "followup_sop_instance_uids")[k]
+            )
         return HttpResponse(png_bytes(rgba), content_type="image/png", headers=headers)
 
 

@@ -43,11 +43,12 @@ def model_mask(
     path = storage.absolute(relpath)
     if not path.exists():
         return None
-    with np.load(path) as data:
-        uids = [str(u) for u in data["sop_instance_uids"]]
-        if sop_instance_uid not in uids:
-            return None
-        labels = data["labels"][uids.index(sop_instance_uid)]
+    from jobs.slices import npz_member, npz_small
+
+    uids = [str(u) for u in npz_small(path, "sop_instance_uids")]
+    if sop_instance_uid not in uids:
+        return None
+    labels = np.asarray(npz_member(path, "labels")[uids.index(sop_instance_uid)])
     if structure == "ild":
         return np.asarray(labels == ILD_LABEL)
     return np.asarray(labels > 0)
