@@ -15,9 +15,12 @@ a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
 * QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends);
 * series metadata latency (WADO-RS .../series/{uid}/metadata, median of repeats);
 * WADO-RS frame throughput, one client and eight concurrent clients (separate processes,
-  keep-alive connections, each fetching frame 1 of every instance with OHIF's Accept header);
+  keep-alive connections, each fetching frame 1 of every instance ``--frame-rounds`` times
+  with OHIF's Accept header);
 * rendered PNG latency (middle slice, median);
-* peak resident memory of each server (VmHWM; ours summed over gunicorn master + workers).
+* peak resident memory of each server (VmHWM; ours summed over gunicorn master + workers);
+* the HTTP ceiling: frames/s from gunicorn with the same settings serving a constant frame
+  from a do-nothing WSGI app, i.e. what the server and this client cost without us.
 
 Every figure is printed with the ratio ours/Orthanc, followed by one JSON line.
 Everything started is stopped and removed at the end.
@@ -215,8 +218,12 @@ def percentile(values: list[float], pct: float) -> float:
 def _frame_worker(args: tuple[Server, list[str], Any]) -> tuple[int, int, float, float]:
     server, paths, barrier = args
     client = server.http()
-    client.get(paths[0], OHIF_FRAME_ACCEPT)  # connect and warm up before the clock
-    barrier.wait()
+    try:
+        client.get(paths[0], OHIF_FRAME_ACCEPT)  # connect and warm up before the clock
+    except BaseException:
+        barrier.abort()  # the other clients must not wait for this one forever
+        raise
+    barrier.wait(timeout=120)
     started = time.perf_counter()
     total = 0
     for path in paths:
@@ -225,7 +232,7 @@ def _frame_worker(args: tuple[Server, list[str], Any]) -> tuple[int, int, float,
 
 
 def frame_throughput(server: Server, paths: list[str], clients: int) -> float:
-    """Frames/s with ``clients`` processes each fetching every frame once."""
+    """Frames/s with ``clients`` processes each fetching every path in ``paths`` in turn."""
     ctx = mp.get_context("fork")
     barrier = ctx.Manager().Barrier(clients)
     with ctx.Pool(clients) as pool:
@@ -267,6 +274,7 @@ def measure(server: Server, files: list[bytes], args: argparse.Namespace) -> dic
         args.metadata_repeats,
     )
     paths = [f"/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
+    paths *= args.frame_rounds  # a viewer scrolling the stack back and forth
     one = frame_throughput(server, paths, 1)
     many = frame_throughput(server, paths, args.clients)
     middle = f"/studies/{study}/series/{series}/instances/{sops[len(sops) // 2]}/rendered"
@@ -283,6 +291,40 @@ def measure(server: Server, files: list[bytes], args: argparse.Namespace) -> dic
 
 
 # ---- servers -----------------------------------------------------------------------------
+
+
+def gunicorn_command(app: str, port: int, args: argparse.Namespace) -> list[str]:
+    """The production server settings (docker/Dockerfile), on loopback."""
+    return [
+        str(GUNICORN),
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--worker-class",
+        "gthread",
+        "--keep-alive",
+        "30",
+        "--timeout",
+        "300",
+        "--log-level",
+        "warning",
+    ]
+
+
+def wait_for_http(port: int, path: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = Http(f"http://127.0.0.1:{port}").request("GET", path)
+            if status < 500:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gunicorn did not start")
 
 
 class Ours:
@@ -325,24 +367,7 @@ class Ours:
         port = orthanc_harness.free_port()
         self.log = (folder / "gunicorn.log").open("wb")
         self.process = subprocess.Popen(
-            [
-                str(GUNICORN),
-                "webapp.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(args.workers),
-                "--threads",
-                str(args.threads),
-                "--worker-class",
-                "gthread",
-                "--keep-alive",
-                "30",
-                "--timeout",
-                "300",
-                "--log-level",
-                "warning",
-            ],
+            gunicorn_command("webapp.wsgi", port, args),
             cwd=REPO,
             env=self.env,
             stdout=self.log,
@@ -351,16 +376,7 @@ class Ours:
         self.server = Server(
             "ours", f"http://127.0.0.1:{port}/dicomweb", {"Authorization": f"Token {token}"}
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                status, _, _ = Http(f"http://127.0.0.1:{port}").request("GET", "/healthz")
-                if status < 500:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("gunicorn did not start")
+        wait_for_http(port, "/healthz")
 
     def pids(self) -> list[int]:
         return [self.process.pid, *children_of(self.process.pid)]
@@ -386,6 +402,41 @@ user = User.objects.create_user(username="bench", password="bench", role="coordi
 Membership.objects.create(user=user, project=project)
 print(Token.objects.create(user=user).key)
 """
+
+
+# ---- the HTTP ceiling --------------------------------------------------------------------
+
+_CEILING_BODY = bytes(512 * 512 * 2)
+
+
+def constant_frame_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Every request answered with one 512x512 16-bit frame and no work at all."""
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(_CEILING_BODY)))],
+    )
+    return [_CEILING_BODY]
+
+
+def http_ceiling(args: argparse.Namespace) -> dict[str, float]:
+    """Frames/s that gunicorn, with the same settings, and this client reach when the
+    application costs nothing: the most any Python WSGI frame path can give here."""
+    port = orthanc_harness.free_port()
+    process = subprocess.Popen(
+        [*gunicorn_command("bench_dicomweb:constant_frame_app", port, args)],
+        cwd=REPO / "benchmarks",
+    )
+    try:
+        wait_for_http(port, "/")
+        server = Server("ceiling", f"http://127.0.0.1:{port}")
+        paths = [f"/frame/{n}" for n in range(400)]
+        return {
+            "frames_per_s_1_client": frame_throughput(server, paths, 1),
+            f"frames_per_s_{args.clients}_clients": frame_throughput(server, paths, args.clients),
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -418,10 +469,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--frame-rounds", type=int, default=3, help="times each client fetches every frame"
+    )
     parser.add_argument("--qido-repeats", type=int, default=100)
     parser.add_argument("--metadata-repeats", type=int, default=10)
     parser.add_argument("--render-repeats", type=int, default=20)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="skip the constant-answer gunicorn run"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     args = parser.parse_args()
     if args.quick:
@@ -465,6 +522,13 @@ def main() -> int:
         print(line)
         memory = {"ours": ours_mb, "orthanc": orthanc_mb}
         results["peak_memory_mb"] = memory
+        if not args.no_ceiling:
+            results["http_ceiling"] = ceiling = http_ceiling(args)
+            first = next(iter(results["datasets"].values()))["orthanc"]
+            print("\ngunicorn + this client, constant 512 KB answer (no application):")
+            for key, value in ceiling.items():
+                versus = f", {value / first[key]:.2f} x Orthanc's first series" if first else ""
+                print(f"  {key:34s} {value:11.1f}{versus}")
         print(json.dumps(results))
     finally:
         if orthanc is not None:

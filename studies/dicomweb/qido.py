@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -293,28 +294,72 @@ def _page(queryset: QuerySet[Any], query: QidoQuery) -> QuerySet[Any]:
 # ---- result attributes -------------------------------------------------------------------
 
 
-def _da(value: date | None) -> str | None:
-    return value.strftime("%Y%m%d") if value else None
+def _da(value: date | str | None) -> str | None:
+    if not value:
+        return None
+    if isinstance(value, str):  # a date column read without the ORM's converters (SQLite)
+        return value.replace("-", "")[:8]
+    return value.strftime("%Y%m%d")
+
+
+# What a study result holds, in the order _study_row_attributes reads it.
+STUDY_COLUMNS = (
+    "study_instance_uid",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "description",
+    "referring_physician_name",
+    "patient__patient_name",
+    "patient__patient_id",
+    "patient__birth_date",
+    "patient__sex",
+)
 
 
 def _study_attributes(study: Study, scope: Scope) -> dict[str, Any]:
     patient = study.patient
+    row = (
+        study.study_instance_uid,
+        study.study_date,
+        study.study_time,
+        study.accession_number,
+        study.study_id,
+        study.description,
+        study.referring_physician_name,
+        patient.patient_name,
+        patient.patient_id,
+        patient.birth_date,
+        patient.sex,
+    )
+    return _study_row_attributes(row, scope)
+
+
+def _study_row_attributes(row: tuple[Any, ...], scope: Scope) -> dict[str, Any]:
+    uid, study_date, study_time, accession, study_id, description, referring = row[:7]
+    patient_name, patient_id, birth_date, sex = row[7:]
     return {
         "00080005": attr("CS", "ISO_IR 192"),
-        "00080020": attr("DA", _da(study.study_date)),
-        "00080030": attr("TM", study.study_time),
-        "00080050": attr("SH", study.accession_number),
+        "00080020": attr("DA", _da(study_date)),
+        "00080030": attr("TM", study_time),
+        "00080050": attr("SH", accession),
         "00080056": attr("CS", "ONLINE"),
-        "00080090": attr("PN", study.referring_physician_name),
-        "00081030": attr("LO", study.description),
-        "00081190": attr("UR", f"{scope.base_url}/studies/{study.study_instance_uid}"),
-        "00100010": attr("PN", patient.patient_name),
-        "00100020": attr("LO", patient.patient_id),
-        "00100030": attr("DA", _da(patient.birth_date)),
-        "00100040": attr("CS", patient.sex),
-        "0020000D": attr("UI", study.study_instance_uid),
-        "00200010": attr("SH", study.study_id),
+        "00080090": attr("PN", referring),
+        "00081030": attr("LO", description),
+        "00081190": attr("UR", f"{scope.base_url}/studies/{uid}"),
+        "00100010": attr("PN", patient_name),
+        "00100020": attr("LO", patient_id),
+        "00100030": attr("DA", _da(birth_date)),
+        "00100040": attr("CS", sex),
+        "0020000D": attr("UI", uid),
+        "00200010": attr("SH", study_id),
     }
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    """A primary key as the ORM gives it, whatever form the driver returned it in."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _series_attributes(series: Series, scope: Scope) -> dict[str, Any]:
@@ -432,32 +477,51 @@ def _finish(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
+    """Two queries: the page of studies, and instance/series counts with modalities for it.
+
+    Without matching keys (a viewer's study list, asked for again and again) both are
+    compiled once a minute per user and project (``selectors.compiled``).
+    """
     selectors.require_project(scope)
-    queryset = _apply_filters(selectors.visible_studies(scope), query, Study)
-    queryset = queryset.select_related("patient").order_by(
-        "patient__patient_id", "study_date", "study_instance_uid"
-    )
-    studies = list(_page(queryset, query))
-    ids = [s.pk for s in studies]
-    # One aggregate per (study, modality): a series has one modality, so sums are exact.
-    counts: dict[Any, dict[str, Any]] = {}
-    for row in (
-        selectors.visible_instances(scope)
-        .filter(series__study_id__in=ids)
-        .order_by()
-        .values("series__study_id", "series__modality")
-        .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
-    ):
-        total = counts.setdefault(
-            row["series__study_id"], {"n_instances": 0, "n_series": 0, "modalities": set()}
+
+    def page() -> QuerySet[Study]:
+        queryset = _apply_filters(selectors.visible_studies(scope), query, Study)
+        ordered = queryset.order_by("patient__patient_id", "study_date", "study_instance_uid")
+        return _page(ordered, query)
+
+    def studies() -> QuerySet[Any]:
+        return page().values_list("pk", *STUDY_COLUMNS)
+
+    def counts() -> QuerySet[Any]:
+        # One row per (study, modality): a series has one modality, so sums are exact.
+        return (
+            selectors.visible_instances(scope)
+            .filter(series__study_id__in=page().values("pk"))
+            .order_by()
+            .values("series__study_id", "series__modality")
+            .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
+            .values_list("series__study_id", "series__modality", "n_instances", "n_series")
         )
-        total["n_instances"] += row["n_instances"]
-        total["n_series"] += row["n_series"]
-        total["modalities"].add(row["series__modality"])
+
+    if query.filters:
+        rows, count_rows = list(studies()), list(counts())
+    else:
+        page_key = ("qido-studies", query.limit, query.offset)
+        rows = selectors.cached_rows(scope, (*page_key, "rows"), studies)
+        count_rows = selectors.cached_rows(scope, (*page_key, "counts"), counts)
+    totals: dict[uuid.UUID, dict[str, Any]] = {}
+    for study_pk, modality, n_instances, n_series in count_rows:
+        total = totals.setdefault(
+            _uuid(study_pk), {"n_instances": 0, "n_series": 0, "modalities": set()}
+        )
+        total["n_instances"] += n_instances
+        total["n_series"] += n_series
+        total["modalities"].add(modality)
+    ids = [_uuid(row[0]) for row in rows]
     items = []
-    for study in studies:
-        item = _study_attributes(study, scope)
-        count = counts.get(study.pk, {"n_instances": 0, "n_series": 0, "modalities": set()})
+    for study_pk, row in zip(ids, rows, strict=True):
+        item = _study_row_attributes(row[1:], scope)
+        count = totals.get(study_pk, {"n_instances": 0, "n_series": 0, "modalities": set()})
         modalities = sorted(count["modalities"])
         item["00080061"] = attr("CS", *modalities)
         if 0x00080060 in query.include:
@@ -468,8 +532,8 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
         items.append(item)
     if items and _needs_representative(query, set(items[0])):
         found = _representatives(scope, "series__study_id", ids)
-        for study, item in zip(studies, items, strict=True):
-            item.update(_extras(found.get(study.pk), query, item))
+        for study_pk, item in zip(ids, items, strict=True):
+            item.update(_extras(found.get(study_pk), query, item))
     return QidoResult(_finish(items), query.warnings)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from rest_framework import status
 
-from core.access import projects_for
+from core.access import is_site_admin, projects_for
 from core.exceptions import ApplicationError
 from studies.models import Instance, Series, Study
 from studies.selectors import instances_for
@@ -123,29 +124,65 @@ def instance_row(
 
     A viewer asks for hundreds of frames a second and compiling this many-join query costs
     more than running it. The SQL is exactly what ``instance_in`` (so ``visible_instances``,
-    with any blinding filter) compiles for this user and project; it is rebuilt per user every
-    minute, so a filter that depends on Python-side state (a role) applies within a minute.
+    with any blinding filter) compiles for this user, role and project (``compiled``).
     """
-    key = (getattr(scope.user, "pk", None), scope.project_slug, fields, connection.vendor)
+    sql, params = compiled(
+        scope,
+        ("instance_row", fields),
+        lambda: instance_in(scope, *_SENTINELS).order_by().values_list(*fields)[:1],
+        _SENTINELS,
+        (study_uid, series_uid, sop_uid),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
+def compiled(
+    scope: Scope,
+    key: tuple[Any, ...],
+    build: Callable[[], QuerySet[Any]],
+    sentinels: tuple[str, ...] = (),
+    values: tuple[str, ...] = (),
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of ``build()`` for this user, role and project, compiled once a
+    minute (memberships are read by the SQL itself, so they apply at once).
+
+    ``build`` makes the queryset with ``sentinels`` where the request's string ``values`` go;
+    they are swapped into the cached parameters. Rows come back as the database driver gives
+    them (no ORM conversion), so callers read only plain columns.
+    """
+    # Everything the compiled SQL depends on besides the parameters: who (an admin sees every
+    # project; a role may add blinding filters), which project, which query, which database.
+    user = scope.user
+    who = (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None))
+    cache_key = (who, scope.project_slug, key, connection.vendor)
     now = time.monotonic()
     with _sql_lock:
-        cached = _sql_cache.get(key)
+        cached = _sql_cache.get(cache_key)
         if cached is not None and cached[0] < now:
             cached = None
     if cached is None:
-        queryset = instance_in(scope, *_SENTINELS).order_by().values_list(*fields)[:1]
-        sql, params = queryset.query.sql_with_params()
-        positions = [params.index(s) for s in _SENTINELS]
+        sql, params = build().query.sql_with_params()
+        positions = [list(params).index(s) for s in sentinels]
         cached = (now + _SQL_TTL_S, sql, list(params), positions)
         with _sql_lock:
-            _sql_cache[key] = cached
+            _sql_cache[cache_key] = cached
             while len(_sql_cache) > 512:
                 _sql_cache.popitem(last=False)
     _, sql, template, positions = cached
-    values = list(template)
-    for position, value in zip(positions, (study_uid, series_uid, sop_uid), strict=True):
-        values[position] = value
+    bound = list(template)
+    for position, value in zip(positions, values, strict=True):
+        bound[position] = value
+    return sql, bound
+
+
+def cached_rows(
+    scope: Scope, key: tuple[Any, ...], build: Callable[[], QuerySet[Any]]
+) -> list[tuple[Any, ...]]:
+    """All rows of ``build()`` (a ``values_list`` queryset), its SQL compiled once a minute."""
+    sql, params = compiled(scope, key, build)
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        row = cursor.fetchone()
-    return tuple(row) if row is not None else None
+        cursor.execute(sql, params)
+        return [tuple(row) for row in cursor.fetchall()]

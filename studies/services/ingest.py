@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pydicom
 from django.conf import settings
@@ -593,23 +593,32 @@ def refresh_series_geometry(series_uids: Iterable[str]) -> None:
     ):
         rows_by_series.setdefault(row[0], []).append(row[1:])
     for series_pk, rows in rows_by_series.items():
-        headers = []
-        for sop_uid, n_rows, n_columns, number, position, orientation, spacing in rows:
-            header = Dataset()
-            header.SOPInstanceUID = sop_uid
-            header.Rows = n_rows
-            header.Columns = n_columns
-            if number is not None:
-                header.InstanceNumber = number
-            if position:
-                header.ImagePositionPatient = position
-            if orientation:
-                header.ImageOrientationPatient = orientation
-            if spacing:
-                header.PixelSpacing = spacing
-            headers.append(header)
+        headers = [
+            _Header(
+                SOPInstanceUID=sop_uid,
+                Rows=n_rows,
+                Columns=n_columns,
+                InstanceNumber=number,
+                ImagePositionPatient=position,
+                ImageOrientationPatient=orientation,
+                PixelSpacing=spacing,
+            )
+            for sop_uid, n_rows, n_columns, number, position, orientation, spacing in rows
+        ]
         try:
-            geometry = summarize_geometry(headers).to_dict()
+            geometry = summarize_geometry(cast("list[Dataset]", headers)).to_dict()
         except Exception as exc:
             geometry = {"n_slices": len(headers), "problems": [str(exc)]}
         Series.objects.filter(pk=series_pk).update(geometry=geometry)
+
+
+class _Header(dict[str, Any]):
+    """An indexed instance's geometry attributes, read like a header-only Dataset
+    (``ds.get("PixelSpacing")``, ``ds.Rows``). Building real Datasets for every slice of the
+    series on every upload cost 0.3 ms a slice; a 400-slice series is refreshed per request."""
+
+    def __getattr__(self, keyword: str) -> Any:
+        value = self.get(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value

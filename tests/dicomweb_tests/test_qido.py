@@ -152,3 +152,33 @@ def test_unsupported_accept_is_406(api_client_for, reader_a, series):
         f"{ROOT}/studies", HTTP_ACCEPT='multipart/related; type="application/dicom+xml"'
     )
     assert response.status_code == 406
+
+
+def test_a_repeated_study_list_shows_new_studies_and_counts_at_once(
+    api_client_for, reader_a, project
+):
+    client = api_client_for(reader_a)
+    store_series(project, 2, patient_id="A")
+    assert values(search(client, f"{ROOT}/studies"), "00201208") == [2]
+    store_series(project, 3, patient_id="B")
+    listed = search(client, f"{ROOT}/studies", limit=1, offset=1)
+    assert values(listed, "00100020") == ["B"]
+    assert values(listed, "00201208") == [3]
+    assert values(search(client, f"{ROOT}/studies"), "00201208") == [2, 3]
+
+
+def test_a_membership_or_role_change_applies_to_the_next_study_list(
+    api_client_for, reader_a, project, other_series
+):
+    from core.models import Membership
+
+    client = api_client_for(reader_a)
+    store_series(project, 1, patient_id="MINE")
+    assert values(search(client, f"{ROOT}/studies"), "00100020") == ["MINE"]
+    reader_a.role = "admin"  # a site admin sees every project
+    reader_a.save()
+    assert values(search(client, f"{ROOT}/studies"), "00100020") == ["MINE", "OTHER-9"]
+    reader_a.role = "radiologist"
+    reader_a.save()
+    Membership.objects.filter(user=reader_a).delete()
+    assert search(client, f"{ROOT}/studies") == []

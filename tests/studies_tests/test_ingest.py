@@ -221,3 +221,13 @@ def test_a_study_of_another_patient_is_refused_without_creating_the_patient(proj
     assert report.rejected == 1
     assert "another patient" in report.outcomes[0].reason
     assert list(Patient.objects.values_list("patient_id", flat=True)) == ["A-1"]
+
+
+def test_the_geometry_summary_reports_a_missing_slice(project):
+    study, series = generate_uid(), generate_uid()
+    files = [to_bytes(ct_slice(study_uid=study, series_uid=series, index=i)) for i in (0, 1, 2, 4)]
+    ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    geometry = Series.objects.get().geometry
+    assert geometry["n_slices"] == 4
+    assert geometry["max_slice_spacing_mm"] == pytest.approx(4.0)
+    assert geometry["gaps"], geometry

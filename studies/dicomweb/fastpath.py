@@ -1,0 +1,360 @@
+"""WADO-RS frames served in front of Django, for the request a viewer sends hundreds of a second.
+
+``FrameFastPath`` wraps the WSGI application. A ``GET .../instances/{sop}/frames/{n}`` for a
+native (uncompressed) instance, by a user it can authenticate from its caches, is answered here:
+one ``pread`` per frame at the offset recorded at ingest and a multipart body, without the
+middleware, URL resolution and DRF dispatch that cost several times the read itself. Anything
+else (compressed or decoded frames, a bad Accept, an unknown UID, another project's instance,
+an anonymous or unknown caller, a database error) goes to Django unchanged, so every error
+response, and every rule about who sees what, is the one the DICOMweb views give.
+
+What is cached, per process, and for how long (``TTL_S``):
+
+* who a credential is: a token through ``CachedTokenAuthentication`` (the views' own cache), a
+  session cookie and an HTTP Basic header by the user they authenticated. A deleted token, a
+  logout, a changed password or a deactivated user therefore stops working here within
+  ``TTL_S`` seconds, as the token cache already does for every DICOMweb view;
+* where a visible instance's pixels are: on a miss, the rows of its whole series that
+  ``selectors.instances_under`` (so ``visible_instances``, with any blinding filter) returns for
+  this user and project are loaded in one query. A revoked membership stops serving frames
+  within ``TTL_S`` seconds; a deleted file is a miss and goes to Django.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.contrib.auth import authenticate, get_user
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.wsgi import WSGIRequest
+from rest_framework.exceptions import AuthenticationFailed
+
+from core.access import is_site_admin
+from core.exceptions import ApplicationError
+from studies.dicomweb import wado
+from studies.dicomweb.authentication import CachedTokenAuthentication
+from studies.dicomweb.multipart import parse_accept, part_header
+from studies.dicomweb.selectors import Scope, instances_under
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser
+
+    from core.models import User
+
+logger = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+TTL_S = 30.0
+MAX_ENTRIES = 200_000
+# The frames route of studies/dicomweb/urls.py under /dicomweb/ and /dicomweb/projects/<slug>/,
+# narrowed to well-formed UIDs and frame lists: anything else is Django's to answer.
+FRAMES_PATH = re.compile(
+    r"^/dicomweb/(?:projects/(?P<project>[-a-zA-Z0-9_]+)/)?"
+    r"studies/(?P<study>[0-9.]{1,64})/series/(?P<series>[0-9.]{1,64})/"
+    r"instances/(?P<sop>[0-9.]{1,64})/frames/(?P<frames>[0-9,]{1,200})/?$"
+)
+CRLF = b"\r\n"
+
+
+class _TtlCache:
+    """A dict whose entries expire; cleared whole when full (entries are cheap to rebuild)."""
+
+    def __init__(self, limit: int = MAX_ENTRIES) -> None:
+        self.limit = limit
+        self.entries: dict[Any, tuple[float, Any]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        hit = self.entries.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put_many(self, items: Iterable[tuple[Any, Any]]) -> None:
+        expires = time.monotonic() + TTL_S
+        with self.lock:
+            for key, value in items:
+                if len(self.entries) >= self.limit:
+                    self.entries.clear()
+                self.entries[key] = (expires, value)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+_users = _TtlCache(4096)  # session key or Basic header digest -> user
+_frames = _TtlCache()  # (user, project, study, series, sop) -> Location | False
+_plans = _TtlCache(1024)  # (Accept, stored transfer syntax) -> FramePlan
+_hosts: set[str] = set()
+
+
+def clear_caches() -> None:
+    """Forget every cached credential, location and plan (tests; a project's access change)."""
+    _users.clear()
+    _frames.clear()
+    _plans.clear()
+    _hosts.clear()
+
+
+class FrameFastPath:
+    """WSGI middleware: native frames from the caches, every other request to ``app``."""
+
+    def __init__(self, app: WsgiApp) -> None:
+        self.app = app
+        self.security_headers = _security_headers()
+        self.hsts = _hsts_header()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "GET":
+            match = FRAMES_PATH.match(environ.get("PATH_INFO", ""))
+            if match is not None:
+                served = serve_frames(environ, match)
+                if served is not None:
+                    content_type, body = served
+                    headers = [
+                        ("Content-Type", content_type),
+                        ("Content-Length", str(len(body))),
+                        ("Vary", "Accept, Authorization, Cookie"),
+                        *self.security_headers,
+                    ]
+                    if self.hsts and _is_secure(environ):
+                        headers.append(("Strict-Transport-Security", self.hsts))
+                    start_response("200 OK", headers)
+                    return [body]
+        return self.app(environ, start_response)
+
+
+def _security_headers() -> list[tuple[str, str]]:
+    """What SecurityMiddleware and XFrameOptionsMiddleware add to every Django response."""
+    headers = []
+    if getattr(settings, "SECURE_CONTENT_TYPE_NOSNIFF", True):
+        headers.append(("X-Content-Type-Options", "nosniff"))
+    referrer = getattr(settings, "SECURE_REFERRER_POLICY", "same-origin")
+    if referrer:
+        value = referrer if isinstance(referrer, str) else ",".join(referrer)
+        headers.append(("Referrer-Policy", value))
+    opener = getattr(settings, "SECURE_CROSS_ORIGIN_OPENER_POLICY", "same-origin")
+    if opener:
+        headers.append(("Cross-Origin-Opener-Policy", opener))
+    headers.append(("X-Frame-Options", getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()))
+    return headers
+
+
+def _hsts_header() -> str:
+    seconds = getattr(settings, "SECURE_HSTS_SECONDS", 0)
+    if not seconds:
+        return ""
+    value = f"max-age={seconds}"
+    if getattr(settings, "SECURE_HSTS_INCLUDE_SUBDOMAINS", False):
+        value += "; includeSubDomains"
+    if getattr(settings, "SECURE_HSTS_PRELOAD", False):
+        value += "; preload"
+    return value
+
+
+def _is_secure(environ: dict[str, Any]) -> bool:
+    """``HttpRequest.is_secure``: the proxy's header when one is configured, else the scheme."""
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        header, secure_value = proxy
+        value = environ.get(header)
+        if value is not None:
+            return bool(value.split(",", 1)[0].strip() == secure_value)
+    return bool(environ.get("wsgi.url_scheme") == "https")
+
+
+def serve_frames(environ: dict[str, Any], match: re.Match[str]) -> tuple[str, bytes] | None:
+    """(Content-Type, body) for a request the fast path can answer, else None."""
+    if getattr(settings, "SECURE_SSL_REDIRECT", False) or not _host_allowed(environ):
+        return None
+    try:
+        user = authenticated_user(environ)
+        if user is None:
+            return None
+        project = match["project"]
+        found = frame_location(user, project, match["study"], match["series"], match["sop"])
+        if found is None:
+            return None
+        path, offset, size, number_of_frames, stored = found
+        plan = frame_plan(environ.get("HTTP_ACCEPT"), stored)
+        if plan is None or plan.decode:
+            return None
+        numbers = wado.parse_frame_numbers(match["frames"], number_of_frames)
+        return frames_body(path, offset, size, numbers, plan)
+    except (ApplicationError, AuthenticationFailed, OSError):
+        return None  # Django answers it: 404, 406, 401 with the views' messages
+    except Exception:
+        # A database or other failure: Django's handler reports it as it does for any view.
+        logger.debug("frame fast path fell back to Django", exc_info=True)
+        return None
+
+
+def _host_allowed(environ: dict[str, Any]) -> bool:
+    """Django's Host check (ALLOWED_HOSTS, X-Forwarded-Host), remembered per Host value."""
+    host = "|".join(
+        environ.get(name, "")
+        for name in ("HTTP_HOST", "HTTP_X_FORWARDED_HOST", "SERVER_NAME", "SERVER_PORT")
+    )
+    if host in _hosts:
+        return True
+    try:
+        WSGIRequest(environ).get_host()
+    except DisallowedHost:
+        return False
+    if len(_hosts) < 256:
+        _hosts.add(host)
+    return True
+
+
+def authenticated_user(environ: dict[str, Any]) -> User | AnonymousUser | None:
+    """The user the DICOMweb views would authenticate (token, Basic, then session), from the
+    caches where possible; None where the views would refuse or must decide."""
+    parts = environ.get("HTTP_AUTHORIZATION", "").split()
+    scheme = parts[0].lower() if parts else ""
+    if scheme in ("token", "basic"):
+        if len(parts) != 2:
+            return None  # the views answer 401 with the reason
+        if scheme == "basic":
+            return _basic_user(parts[1])
+        user, _ = CachedTokenAuthentication().authenticate_credentials(parts[1])
+        return user  # type: ignore[no-any-return]
+    cookie_name = settings.SESSION_COOKIE_NAME
+    cookies = environ.get("HTTP_COOKIE", "")
+    if cookie_name not in cookies:
+        return None
+    session_key = _cookie(cookies, cookie_name)
+    if not session_key:
+        return None
+    return _session_user(session_key)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for item in header.split(";"):
+        key, sep, value = item.strip().partition("=")
+        if sep and key == name:
+            return value.strip('"')
+    return None
+
+
+def _session_user(session_key: str) -> User | AnonymousUser | None:
+    cached = _users.get(("session", session_key))
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+
+    class _Request:
+        session = store
+
+    user = get_user(_Request())  # type: ignore[arg-type]
+    if not user.is_authenticated or not user.is_active:
+        return None
+    _users.put_many([(("session", session_key), user)])
+    return user
+
+
+def _basic_user(credentials: str) -> User | AnonymousUser | None:
+    key = ("basic", hashlib.sha256(credentials.encode("latin-1", "replace")).hexdigest())
+    cached = _users.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    try:
+        text = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    username, sep, password = text.partition(":")
+    if not sep:
+        return None
+    user = authenticate(None, username=username, password=password)
+    if user is None or not user.is_active:
+        return None
+    _users.put_many([(key, user)])
+    return user
+
+
+# (absolute path, Pixel Data offset, bytes per frame, number of frames, transfer syntax)
+Location = tuple[str, int, int, int, str]
+
+
+def frame_location(
+    user: User | AnonymousUser, project: str | None, study: str, series: str, sop: str
+) -> Location | None:
+    """Where a visible native instance's frames are; a miss loads the series' visible rows.
+    None for an invisible instance and for one whose frames are not whole native bytes."""
+    who = (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None))
+    owner = (who, project, study, series)
+    found = _frames.get((*owner, sop))
+    if found is not None:
+        return found or None  # False: visible, but not served here
+    scope = Scope(user, project, "")
+    rows = instances_under(scope, study, series).values_list("sop_instance_uid", *wado.FRAME_FIELDS)
+    located = {row[0]: _location(wado.FrameRef(*row[1:])) for row in rows}
+    _frames.put_many(((*owner, uid), value or False) for uid, value in located.items())
+    return located.get(sop)
+
+
+def _location(ref: wado.FrameRef) -> Location | None:
+    size = ref.native_frame_size()
+    if ref.transfer_syntax_uid not in wado.NATIVE_LE or size is None:
+        return None
+    assert ref.pixel_data_offset is not None
+    return (
+        str(ref.path),
+        ref.pixel_data_offset,
+        size,
+        ref.number_of_frames,
+        ref.transfer_syntax_uid,
+    )
+
+
+def frame_plan(accept: str | None, stored: str) -> wado.FramePlan | None:
+    key = (accept, stored)
+    plan = _plans.get(key)
+    if plan is None:
+        try:
+            plan = wado.plan_frames(parse_accept(accept), stored)
+        except ApplicationError:
+            return None
+        _plans.put_many([(key, plan)])
+    return plan  # type: ignore[no-any-return]
+
+
+def frames_body(
+    path: str, offset: int, size: int, numbers: list[int], plan: wado.FramePlan
+) -> tuple[str, bytes]:
+    """The frames read with one ``pread`` each, as ``wado.frames_body`` lays them out."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        frames = [os.pread(fd, size, offset + (n - 1) * size) for n in numbers]
+    finally:
+        os.close(fd)
+    if any(len(frame) != size for frame in frames):
+        raise OSError(f"{path} is shorter than its recorded Pixel Data")
+    part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
+    if not plan.multipart and len(frames) == 1:
+        return part_type, frames[0]
+    boundary = os.urandom(16).hex()
+    marker = b"--" + boundary.encode()
+    header = marker + CRLF + part_header(part_type)
+    pieces: list[bytes] = []
+    for frame in frames:
+        pieces += (header, frame, CRLF)
+    pieces.append(marker + b"--" + CRLF)
+    content_type = (
+        f'multipart/related; type="{plan.part_type}"; '
+        f"transfer-syntax={plan.transfer_syntax}; boundary={boundary}"
+    )
+    return content_type, b"".join(pieces)
