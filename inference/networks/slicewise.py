@@ -8,6 +8,8 @@
 * :func:`predict_slices`: a network over ``[K, rows, cols]`` normalised slices in batches, with
   softmax outputs.
 * :func:`body_mask`: everything inside the skin (for the "no lung outside the thorax" guard).
+* :func:`remove_class_weights`: undo the prior shift that a class-weighted cross-entropy puts
+  into a network's softmax, so that 0.5 / the argmax is the unweighted decision again.
 
 Arrays are ``[k, j, i]`` (slices, rows, columns); probability stacks ``[C, k, j, i]``.
 """
@@ -161,6 +163,45 @@ def predict_slices(
             for store, p in zip(outputs, probs, strict=True):
                 store.append(p.numpy().transpose(1, 0, 2, 3))
     return [np.concatenate(store, axis=1) for store in outputs]
+
+
+def remove_class_weights(
+    probs: npt.NDArray[np.float32] | torch.Tensor,
+    weights: tuple[float, ...] | list[float],
+    *,
+    axis: int = 0,
+) -> npt.NDArray[np.float32] | torch.Tensor:
+    """Softmax probabilities of a network trained with class weights ``ω``, prior-corrected.
+
+    Minimising ``-Σ_c ω_c y_c log p̃_c`` drives the softmax towards ``p̃_c ∝ ω_c p_c`` (the
+    class frequencies re-weighted by ``ω``), so thresholding ``p̃`` at 0.5 — or taking its
+    argmax — calls class ``c`` far too often when ``ω_c`` is large (disease weight 65: ILD as
+    soon as ``p > 1/66``). Dividing by ``ω`` and renormalising (logit adjustment,
+    ``log p̃_c - log ω_c``) gives back ``p_c``, on which 0.5 / the argmax is the plain Bayes
+    decision. Training is untouched.
+
+    Args:
+        probs: probabilities (numpy or torch), the classes along ``axis``.
+        weights: ``ω_c``, one per class, positive.
+        axis: the class axis.
+
+    Raises:
+        ValueError: a weight count other than the number of classes, or a weight ≤ 0.
+    """
+    if len(weights) != probs.shape[axis]:
+        raise ValueError(f"{len(weights)} class weights for {probs.shape[axis]} classes")
+    if min(weights) <= 0:
+        raise ValueError(f"class weights must be positive, got {weights}")
+    shape = [1] * probs.ndim
+    shape[axis] = len(weights)
+    if isinstance(probs, torch.Tensor):
+        w = torch.as_tensor(list(weights), dtype=probs.dtype, device=probs.device).reshape(shape)
+        scaled = probs / w
+        return scaled / scaled.sum(dim=axis, keepdim=True).clamp_min(1e-12)
+    w_np = np.asarray(weights, dtype=np.float32).reshape(shape)
+    scaled_np = np.asarray(probs, dtype=np.float32) / w_np
+    total = np.maximum(scaled_np.sum(axis=axis, keepdims=True), np.float32(1e-12))
+    return (scaled_np / total).astype(np.float32)
 
 
 def body_mask(

@@ -13,7 +13,11 @@ training case registered onto that template.
    its lungs), moving = case (mask: a rough lung mask, for the initial alignment). The field
    ``u`` lies on the coarse template grid: template point ``x`` ↔ case point ``x + u(x)``;
 2. **warp** the full-resolution case onto the template grid through ``u`` (trilinear);
-3. **predict** every axial slice with network ``t`` (softmax lung and disease probabilities);
+3. **predict** every axial slice with network ``t`` (softmax lung and disease probabilities;
+   when the model records the class weights it was trained with — the paper's {1, 4} lung and
+   {1, 65} disease weights — their prior shift is removed first, see
+   :func:`inference.networks.slicewise.remove_class_weights`: without it a network calls ILD
+   wherever the disease is more than 1/66 likely, and the ensemble over-segments);
 4. **map back** the probabilities through the inverse field
    (:func:`inference.registration.invert_displacement`, coarse case grid), trilinear, onto the
    *vote grid* — the case's slices and field of view at the networks' in-plane resolution (the
@@ -43,7 +47,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from inference.networks.slicewise import body_mask, in_plane_grid, predict_slices, resize_slices
+from inference.networks.slicewise import (
+    body_mask,
+    in_plane_grid,
+    predict_slices,
+    remove_class_weights,
+    resize_slices,
+)
 from inference.registration import register, resample_isotropic
 from inference.registration.base import RegistrationResult
 from inference.registration.fields import (
@@ -69,7 +79,7 @@ from inference.segmentation.weights import (
 from inference.volume import Volume
 
 ENGINE_NAME = "atlasnet"
-ENGINE_VERSION = "1.0.0"
+ENGINE_VERSION = "1.1.0"
 
 
 def cpu_registration_params(spacing_mm: float = 6.0) -> dict[str, Any]:
@@ -401,6 +411,9 @@ class AtlasNetEngine:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         batch_size: slices per forward pass.
         restrict_to_body: no lung outside the body mask.
+        class_weights: the ``(lung, disease)`` class weights the networks were trained with;
+            their prior shift is removed from the probabilities before voting (``None``: the
+            probabilities are voted on as they are).
 
     Raises:
         ValueError: if networks and templates differ in number or there are none.
@@ -419,6 +432,7 @@ class AtlasNetEngine:
         device: str = "cpu",
         batch_size: int = 8,
         restrict_to_body: bool = True,
+        class_weights: tuple[tuple[float, float], tuple[float, float]] | None = None,
     ) -> None:
         if not networks or len(networks) != len(templates):
             raise ValueError(
@@ -438,6 +452,7 @@ class AtlasNetEngine:
         self.device = device
         self.batch_size = batch_size
         self.restrict_to_body = restrict_to_body
+        self.class_weights = class_weights
         self._coarse: dict[int, tuple[Volume, Volume]] = {}
 
     @property
@@ -470,6 +485,7 @@ class AtlasNetEngine:
                     source_case=str(t.get("source_case", "")),
                 )
             )
+        options.setdefault("class_weights", training_class_weights(metadata.training))
         return cls(
             networks,
             templates,
@@ -501,6 +517,9 @@ class AtlasNetEngine:
             "in_plane_size": list(self.input_spec.in_plane_size),
             "registration": self.registration.as_dict(),
             "restrict_to_body": self.restrict_to_body,
+            "class_weights_removed": [list(w) for w in self.class_weights]
+            if self.class_weights
+            else None,
             "device": self.device,
         }
 
@@ -581,6 +600,9 @@ class AtlasNetEngine:
                 batch_size=self.batch_size,
             )
             del warped
+            if self.class_weights is not None:
+                lung_p = np.asarray(remove_class_weights(lung_p, self.class_weights[0]))
+                disease_p = np.asarray(remove_class_weights(disease_p, self.class_weights[1]))
             timings["network"] += time.perf_counter() - t
             t = time.perf_counter()
             channels = np.stack([lung_p[1], disease_p[1]])
@@ -657,6 +679,32 @@ class AtlasNetEngine:
         return labels
 
 
+def training_class_weights(
+    training: Mapping[str, Any],
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``(lung, disease)`` class weights recorded in a model's ``training.config``, if any.
+
+    Raises:
+        WeightsError: weights that are present but malformed.
+    """
+    config = training.get("config") or {}
+    lung, disease = config.get("lung_weights"), config.get("disease_weights")
+    if lung is None or disease is None:
+        return None
+    try:
+        pair = (
+            (float(lung[0]), float(lung[1])),
+            (float(disease[0]), float(disease[1])),
+        )
+    except (TypeError, ValueError, IndexError) as error:
+        raise WeightsError(
+            f"metadata training.config class weights are malformed: {error}"
+        ) from error
+    if len(lung) != 2 or len(disease) != 2 or min(*pair[0], *pair[1]) <= 0:
+        raise WeightsError("metadata training.config class weights must be two positive numbers")
+    return pair
+
+
 def _majority(
     votes: npt.NDArray[np.floating] | npt.NDArray[np.integer],
     prob_sum: npt.NDArray[np.floating] | npt.NDArray[np.integer] | None,
@@ -698,4 +746,5 @@ __all__ = [
     "cpu_registration_params",
     "map_case_to_template",
     "rough_lung_mask",
+    "training_class_weights",
 ]

@@ -3,7 +3,10 @@
 ``predict(ct)``: the CT is reoriented to LPS axes (permutation only), every axial slice is
 windowed and scaled (``input_spec``), resampled in-plane to the network's size (same field of
 view, antialiased), segmented into 3 classes (0 background, 1 lung without ILD, 2 ILD), and the
-softmax probabilities are resampled back to the slice's own size before the argmax. Voxels
+softmax probabilities are resampled back to the slice's own size before the argmax — after
+removing the prior shift of the class weights the network was trained with (the paper's
+{1, 4, 65}; :func:`inference.networks.slicewise.remove_class_weights`), when the model records
+them. Voxels
 outside the body (tissue above -500 HU, holes filled) are never lung (``restrict_to_body``).
 The label map is on the input CT's grid.
 """
@@ -17,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.networks.slicewise import body_mask, canonical, predict_slices, resize_slices
+from inference.networks.slicewise import (
+    body_mask,
+    canonical,
+    predict_slices,
+    remove_class_weights,
+    resize_slices,
+)
 from inference.segmentation.engines import EngineUnavailable, SegmentationResult, register_engine
 from inference.segmentation.weights import (
     InputSpec,
@@ -29,7 +38,7 @@ from inference.segmentation.weights import (
 from inference.volume import Volume
 
 ENGINE_NAME = "unet"
-ENGINE_VERSION = "1.0.0"
+ENGINE_VERSION = "1.1.0"
 
 
 class UNetEngine:
@@ -42,6 +51,8 @@ class UNetEngine:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         batch_size: slices per forward pass.
         restrict_to_body: no lung outside the body mask.
+        class_weights: the (background, lung, ILD) class weights the network was trained with;
+            their prior shift is removed before the argmax (``None``: plain argmax).
     """
 
     name = ENGINE_NAME
@@ -55,6 +66,7 @@ class UNetEngine:
         device: str = "cpu",
         batch_size: int = 8,
         restrict_to_body: bool = True,
+        class_weights: tuple[float, float, float] | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.input_spec = input_spec
@@ -62,6 +74,7 @@ class UNetEngine:
         self.device = device
         self.batch_size = batch_size
         self.restrict_to_body = restrict_to_body
+        self.class_weights = class_weights
 
     @property
     def version(self) -> str:
@@ -78,6 +91,7 @@ class UNetEngine:
         if len(metadata.networks) != 1:
             raise WeightsError(f"{folder}: a U-Net model has exactly one network")
         network = load_network(folder, metadata, metadata.networks[0], device=device)
+        options.setdefault("class_weights", training_class_weights(metadata.training))
         return cls(
             network,
             input_spec=metadata.input_spec,
@@ -105,6 +119,7 @@ class UNetEngine:
         return {
             "in_plane_size": list(self.input_spec.in_plane_size),
             "restrict_to_body": self.restrict_to_body,
+            "class_weights_removed": list(self.class_weights) if self.class_weights else None,
             "device": self.device,
         }
 
@@ -127,8 +142,13 @@ class UNetEngine:
             slices[k0:k1] = resize_slices(block, size)[:, 0].numpy()
         timings["preprocess"] = time.perf_counter() - t
 
+        weights = self.class_weights
+
         def keep(k0: int, k1: int, probs: list[torch.Tensor]) -> None:
-            labels[k0:k1] = probs[0].argmax(dim=1).numpy().astype(np.uint8)
+            p = probs[0]
+            if weights is not None:
+                p = torch.as_tensor(remove_class_weights(p, weights, axis=1))
+            labels[k0:k1] = p.argmax(dim=1).numpy().astype(np.uint8)
 
         t = time.perf_counter()
         predict_slices(
@@ -154,6 +174,24 @@ class UNetEngine:
             timings_s=timings,
             parameters=self.parameters(),
         )
+
+
+def training_class_weights(training: dict[str, Any]) -> tuple[float, float, float] | None:
+    """The (background, lung, ILD) class weights in a model's ``training.config``, if any.
+
+    Raises:
+        WeightsError: weights that are present but malformed.
+    """
+    weights = (training.get("config") or {}).get("unet_class_weights")
+    if weights is None:
+        return None
+    try:
+        values = tuple(float(w) for w in weights)
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"metadata training.config.unet_class_weights: {error}") from error
+    if len(values) != 3 or min(values) <= 0:
+        raise WeightsError("metadata training.config.unet_class_weights must be 3 positive numbers")
+    return (values[0], values[1], values[2])
 
 
 def _factory(*, weights: Path | None = None, device: str = "cpu") -> UNetEngine:

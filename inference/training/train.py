@@ -48,7 +48,12 @@ from inference.networks.losses import (
     AtlasNetLoss,
     weighted_cross_entropy,
 )
-from inference.networks.slicewise import canonical, in_plane_grid, resize_slices
+from inference.networks.slicewise import (
+    canonical,
+    in_plane_grid,
+    remove_class_weights,
+    resize_slices,
+)
 from inference.networks.unet import UNet2D
 from inference.segmentation.atlasnet_engine import (
     AtlasNetEngine,
@@ -413,6 +418,9 @@ def _template_space_dice(
         return {}
     spec = InputSpec(in_plane_size=(config.in_plane_size,) * 2, hu_window=config.hu_window)
     lung_p, disease_p = predict_slices(network, spec.normalise(slices.hu), device=config.device)
+    # The same decision as the engine: the class weights' prior shift removed, then 0.5.
+    lung_p = np.asarray(remove_class_weights(lung_p, config.lung_weights))
+    disease_p = np.asarray(remove_class_weights(disease_p, config.disease_weights))
     lung = lung_p[1] >= 0.5
     pred = np.where(lung & (disease_p[1] >= 0.5), 2, np.where(lung, 1, 0)).astype(np.uint8)
     truth = np.where(slices.valid, slices.labels, 0).astype(np.uint8)
@@ -558,6 +566,7 @@ def train_atlasnet(
         input_spec=spec,
         registration=config.registration,
         device=config.device,
+        class_weights=(config.lung_weights, config.disease_weights),
     )
 
     def predict(case: SegmentationCase) -> npt.NDArray[np.uint8]:
@@ -654,7 +663,12 @@ def train_unet(
     )
     seconds["train"] = time.perf_counter() - start
     start = time.perf_counter()
-    engine = UNetEngine(network.cpu(), input_spec=spec, device=config.device)
+    engine = UNetEngine(
+        network.cpu(),
+        input_spec=spec,
+        device=config.device,
+        class_weights=config.unet_class_weights,
+    )
     validation_summary = _native_validation(
         lambda case: np.asarray(engine.predict(case.ct).label_map.array), validation
     )

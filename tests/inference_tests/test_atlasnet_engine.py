@@ -8,6 +8,7 @@ back must land where it came from.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,61 @@ def test_the_ensemble_maps_predictions_back_to_the_case_grid(
     assert not (result.label_map.array == 2)[~lung].any()
 
 
+class ConstantSegNet(nn.Module):
+    """Lung everywhere (p 0.99); disease with a softmax probability of 0.9 everywhere."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = torch.zeros_like(x)
+        return torch.cat([zeros, zeros + math.log(99.0)], 1), torch.cat(
+            [zeros, zeros + math.log(9.0)], 1
+        )
+
+
+class ConstantUNet(nn.Module):
+    """Softmax (0.02, 0.18, 0.80) everywhere: ILD by argmax, lung once the weights are removed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        logits = torch.log(torch.tensor([0.02, 0.18, 0.80]))[None, :, None, None]
+        return logits.expand(n, 3, h, w).clone()
+
+
+def test_the_class_weights_prior_shift_is_removed_before_voting(
+    cases: list[SegmentationCase],
+) -> None:
+    templates = [make_template(cases[0], SIZE)]
+    ct = cases[1].ct
+    plain = AtlasNetEngine(
+        [ConstantSegNet()], templates, input_spec=SPEC, registration=REGISTRATION
+    )
+    mappings = plain.map_case(ct)
+    raw = plain.predict_ensemble(ct, mappings=mappings).result.label_map.array
+    corrected_engine = AtlasNetEngine(
+        [ConstantSegNet()],
+        templates,
+        input_spec=SPEC,
+        registration=REGISTRATION,
+        class_weights=((1.0, 4.0), (1.0, 65.0)),
+    )
+    corrected = corrected_engine.predict_ensemble(ct, mappings=mappings).result
+    labels = corrected.label_map.array
+    # Disease p~ 0.9 is p = (0.9/65) / (0.9/65 + 0.1) ≈ 0.12 once the weight 65 is removed;
+    # lung p~ 0.99 stays lung (p ≈ 0.96).
+    assert (raw == 2).sum() > 0.5 * (raw > 0).sum()
+    # (the lung only loses voxels at the template grid's edge, where the mapped-back
+    # probability fades to 0 and the corrected one crosses 0.5 a little earlier)
+    assert 0.99 * (raw > 0).sum() <= (labels > 0).sum() <= (raw > 0).sum()
+    assert not (labels == 2).any()
+    assert corrected.parameters["class_weights_removed"] == [[1.0, 4.0], [1.0, 65.0]]
+
+    unet_ct = cases[0].ct
+    raw_unet = UNetEngine(ConstantUNet(), input_spec=SPEC).predict(unet_ct).label_map.array
+    fixed_unet = UNetEngine(ConstantUNet(), input_spec=SPEC, class_weights=(1.0, 4.0, 65.0))
+    labels_unet = fixed_unet.predict(unet_ct).label_map.array
+    assert (raw_unet == 2).any() and not (raw_unet == 1).any()
+    assert np.array_equal(labels_unet > 0, raw_unet > 0) and not (labels_unet == 2).any()
+
+
 def test_unet_engine_respects_the_scan_orientation(cases: list[SegmentationCase]) -> None:
     engine = UNetEngine(LeftHalfUNet(), input_spec=SPEC, restrict_to_body=False)
     ct = cases[0].ct
@@ -214,6 +270,28 @@ def test_get_engine_loads_a_saved_atlasnet(cases: list[SegmentationCase], tmp_pa
     assert isinstance(engine, AtlasNetEngine) and len(engine.networks) == 2
     result = engine.predict(cases[2].ct)
     assert result.label_map.same_grid(cases[2].ct)
+
+
+def test_the_training_class_weights_are_read_from_the_model_folder(
+    cases: list[SegmentationCase], tmp_path: Path
+) -> None:
+    folder = _save_unet(tmp_path / "u")
+    assert UNetEngine.from_folder(folder).class_weights is None
+    _rewrite(folder, lambda d: d.update(training={"config": {"unet_class_weights": [1, 4, 65]}}))
+    assert UNetEngine.from_folder(folder).class_weights == (1.0, 4.0, 65.0)
+    _rewrite(folder, lambda d: d.update(training={"config": {"unet_class_weights": [1, 4]}}))
+    with pytest.raises(WeightsError, match="unet_class_weights"):
+        UNetEngine.from_folder(folder)
+
+    atlas = _save_atlasnet(tmp_path / "a", cases)
+    assert AtlasNetEngine.from_folder(atlas).class_weights is None
+    config = {"lung_weights": [1, 4], "disease_weights": [1, 65]}
+    _rewrite(atlas, lambda d: d.update(training={"config": config}))
+    assert AtlasNetEngine.from_folder(atlas).class_weights == ((1.0, 4.0), (1.0, 65.0))
+    bad = {"lung_weights": [1, 4], "disease_weights": [1, -65]}
+    _rewrite(atlas, lambda d: d.update(training={"config": bad}))
+    with pytest.raises(WeightsError, match="class weights"):
+        AtlasNetEngine.from_folder(atlas)
 
 
 def test_without_weights_the_error_says_how_to_train(

@@ -137,3 +137,27 @@ def test_a_few_sgd_steps_reduce_the_atlasnet_loss() -> None:
         optimiser.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_removing_class_weights_gives_back_the_unweighted_probabilities() -> None:
+    import numpy as np
+
+    from inference.networks.slicewise import remove_class_weights
+
+    # A weighted cross-entropy is minimised by p~_c ∝ w_c p_c; removal must return p.
+    p = torch.tensor([[0.90, 0.08, 0.02], [0.30, 0.60, 0.10]]).T[None, :, :, None]  # [1,3,2,1]
+    weights = (1.0, 4.0, 65.0)
+    w = torch.tensor(weights)[None, :, None, None]
+    shifted = p * w / (p * w).sum(dim=1, keepdim=True)
+    assert shifted[0, 2, 0, 0] > 0.5  # argmax of the shifted softmax calls the rare class
+    back = remove_class_weights(shifted, weights, axis=1)
+    assert isinstance(back, torch.Tensor)
+    assert torch.allclose(back, p, atol=1e-6)
+    assert back[0].argmax(dim=0).flatten().tolist() == [0, 1]
+    back_np = remove_class_weights(shifted[0].numpy(), weights, axis=0)
+    assert isinstance(back_np, np.ndarray) and back_np.dtype == np.float32
+    np.testing.assert_allclose(back_np, p[0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="3 class weights for 2"):
+        remove_class_weights(shifted[:, :2], weights, axis=1)
+    with pytest.raises(ValueError, match="positive"):
+        remove_class_weights(shifted, (1.0, 0.0, 2.0), axis=1)

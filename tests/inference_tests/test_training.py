@@ -202,6 +202,24 @@ def test_training_writes_weights_and_metadata(trained: dict[str, Path], model: s
         assert len(data["validation"]["per_template"]) == 2
 
 
+def test_a_trained_model_is_decided_without_its_class_weights_prior(
+    trained: dict[str, Path],
+) -> None:
+    from inference.networks.losses import (
+        PAPER_DISEASE_WEIGHTS,
+        PAPER_LUNG_WEIGHTS,
+        UNET_CLASS_WEIGHTS,
+    )
+    from inference.segmentation.atlasnet_engine import AtlasNetEngine
+    from inference.segmentation.unet_engine import UNetEngine
+
+    # The weights the networks were trained with travel in the model folder, and the engines
+    # loaded from it remove their prior shift (see inference.networks.slicewise).
+    atlas = AtlasNetEngine.from_folder(trained["atlasnet"])
+    assert atlas.class_weights == (PAPER_LUNG_WEIGHTS, PAPER_DISEASE_WEIGHTS)
+    assert UNetEngine.from_folder(trained["unet"]).class_weights == UNET_CLASS_WEIGHTS
+
+
 def test_training_is_seeded(cohort: Path, trained: dict[str, Path], tmp_path: Path) -> None:
     train_model(load_dataset(cohort), tiny_config("unet"), tmp_path / "again", log=lambda _: None)
     assert sha256_file(tmp_path / "again" / "network_00.pt") == sha256_file(
