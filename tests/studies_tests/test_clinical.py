@@ -110,5 +110,5 @@ def test_command_reports_rows(patients, tmp_path):
     assert "updated 1 patient" in out.getvalue()
     bad = tmp_path / "bad.csv"
     bad.write_text(HEADER + "ILD-0001,limited,x,yes,no,no\n")
-    with pytest.raises(CommandError, match="line 2 .*mrss"):
+    with pytest.raises(CommandError, match=r"line 2 .*mrss"):
         call_command("import_clinical", str(bad))
