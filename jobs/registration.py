@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ from jobs.outputs import jsonable, staged_outputs
 from jobs.series_volume import SeriesVolume, read_series_volume
 
 LOG_JACOBIAN_NPZ = "log_jacobian_baseline.npz"
+TEMPLATE_MAP_NPZ = "log_jacobian_template.npz"
 # The paper resamples to 1 mm, but the torch backend's finest level is 3 mm: a 1 mm output grid
 # only interpolates, at several times the memory and time (a demo-size pair: 41 M voxels and a
 # 490 MB field). Pass params={"spacing_mm": 1.0} to follow the paper exactly.
@@ -52,6 +53,9 @@ DEFAULT_EPSILON = 1e-3
 # Lung points per baseline slice used for the slice correspondence (a deterministic stride).
 CORRESPONDENCE_POINTS = 4000
 REGIONS = ("superior", "inferior", "anterior", "posterior")
+
+if TYPE_CHECKING:
+    from inference.worsening.classifier import WorseningPrediction
 
 Progress = Callable[[float], None]
 
@@ -167,10 +171,14 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
         with out.path("summary.json").open("w") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
         timings["write"] = time.perf_counter() - t
-    progress(0.96)
-    t = time.perf_counter()
-    worsening = classify_worsening(baseline.volume, lung_iso, logjac_iso)
-    timings["worsening"] = time.perf_counter() - t
+        progress(0.96)
+
+        t = time.perf_counter()
+        worsening, prediction = classify_worsening(baseline.volume, lung_iso, logjac_iso)
+        if prediction is not None:
+            save_template_map(out.path(TEMPLATE_MAP_NPZ), prediction)
+            worsening["template_map"] = out.relpath(TEMPLATE_MAP_NPZ)
+        timings["worsening"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
 
     regional_all = summary.get("regional_mean_log_jacobian") or {}
@@ -212,14 +220,34 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
     )
 
 
-def classify_worsening(baseline_ct: Volume, lung: Volume, log_jacobian: Volume) -> dict[str, Any]:
+def save_template_map(path: Path, prediction: WorseningPrediction) -> None:
+    """The log-Jacobian map on the template grid, for group maps (Figure 5): ``log_jacobian``
+    float32 ``[k, j, i]``, the template ``lung`` uint8, ``spacing_mm`` / ``origin_lps_mm``
+    (``(i, j, k)``), ``direction`` (3x3) and ``template_digest``."""
+    assert prediction.template_map is not None and prediction.template_lung is not None
+    grid = prediction.template_lung
+    np.savez_compressed(
+        path,
+        log_jacobian=np.asarray(prediction.template_map.array, dtype=np.float32),
+        lung=np.asarray(grid.array, dtype=np.uint8),
+        spacing_mm=np.asarray(grid.spacing_mm, dtype=np.float64),
+        origin_lps_mm=np.asarray(grid.origin_lps_mm, dtype=np.float64),
+        direction=np.asarray(grid.direction, dtype=np.float64),
+        template_digest=np.asarray(prediction.template_digest),
+    )
+
+
+def classify_worsening(
+    baseline_ct: Volume, lung: Volume, log_jacobian: Volume
+) -> tuple[dict[str, Any], WorseningPrediction | None]:
     """The worsening classifier's output for one registered pair (``settings.WORSENING_CLASSIFIER``).
 
     Returns ``{"model_version", "template_digest", "functional": {"probability", "threshold",
     "predicted"}, "morphologic": {...}, "template_mean_log_jacobian", "template_lung_dice",
     "seconds"}``; ``{"status": "off"}`` when disabled; ``{"error": reason}`` when the model cannot
     be loaded or the pair cannot be mapped to its template. The registration itself stands either
-    way, so a classifier problem never fails the job.
+    way, so a classifier problem never fails the job. The prediction (with the template-space
+    map) comes second, ``None`` unless the classifier ran.
     """
     from django.conf import settings
 
@@ -233,13 +261,13 @@ def classify_worsening(baseline_ct: Volume, lung: Volume, log_jacobian: Volume) 
 
     choice = str(settings.WORSENING_CLASSIFIER or "off").strip()
     if choice == "off":
-        return {"status": "off"}
+        return {"status": "off"}, None
     try:
         model = default_model() if choice == "default" else load_model(Path(choice))
         prediction = predict_worsening(baseline_ct, lung, log_jacobian, model)
     except (WorseningModelError, RegistrationError, ValueError, OSError) as error:
-        return {"error": f"worsening classifier: {error}"}
-    return {
+        return {"error": f"worsening classifier: {error}"}, None
+    summary = {
         "model_version": prediction.model_version,
         "template_digest": prediction.template_digest,
         "functional": {
@@ -256,6 +284,7 @@ def classify_worsening(baseline_ct: Volume, lung: Volume, log_jacobian: Volume) 
         "template_lung_dice": round(prediction.template_lung_dice, 4),
         "seconds": prediction.seconds,
     }
+    return summary, prediction
 
 
 def on_baseline_grid(

@@ -49,7 +49,7 @@ import json
 import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -840,6 +840,9 @@ class WorseningPrediction:
         mean_log_jacobian_baseline: mean of the input map over the baseline lung (its own grid).
         template_lung_dice: Dice of the warped baseline lung with the template lung.
         seconds: wall time (registration onto the template, transport, networks).
+        template_map: the log-Jacobian map carried onto the template grid (for group maps and
+            Figure 5; left out of ``as_dict``).
+        template_lung: the template's lung mask (its grid is the template map's).
     """
 
     functional_probability: float
@@ -854,9 +857,12 @@ class WorseningPrediction:
     mean_log_jacobian_baseline: float
     template_lung_dice: float
     seconds: float
+    template_map: Volume | None = field(default=None, repr=False, compare=False)
+    template_lung: Volume | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        skip = ("template_map", "template_lung")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 def _mean_in_lung(values: Volume, lung: Volume) -> float:
@@ -922,4 +928,6 @@ def predict_worsening(
         mean_log_jacobian_baseline=_mean_in_lung(log_jacobian, baseline_lung),
         template_lung_dice=float(registration.lung_dice),
         seconds=round(time.perf_counter() - start, 3),
+        template_map=template_map,
+        template_lung=model.template.lung,
     )

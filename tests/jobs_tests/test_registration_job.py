@@ -240,3 +240,72 @@ def test_an_unusable_classifier_model_is_reported_without_failing_the_registrati
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["mean_log_jacobian"] < 0
     assert job.result["worsening"]["error"].startswith("worsening classifier:")
+
+
+@pytest.fixture
+def tiny_worsening_model(tmp_path):
+    """A worsening model whose template is built from this pair, trained for two epochs on
+    separable random maps: enough to exercise the job's classifier step, not to be accurate."""
+    import torch
+
+    from inference.phantoms import make_longitudinal_pair
+    from inference.worsening import (
+        TemplateCase,
+        TemplateSettings,
+        TrainingConfig,
+        build_template,
+        load_model,
+        save_model,
+    )
+    from inference.worsening.classifier import build_model, stratified_split, train_target
+    from tests.jobs_tests.conftest import PAIR_SEED, SHAPE_KJI
+
+    torch.manual_seed(0)
+    baseline = make_longitudinal_pair(seed=PAIR_SEED, shape_kji=SHAPE_KJI, progression="worse")
+    params = {"affine_levels_mm": [24.0], "affine_iterations": [20], "levels_mm": [24.0],
+              "iterations": [10], "threads": 1, "seed": 0}  # fmt: skip
+    settings = TemplateSettings(spacing_mm=12.0, margin_mm=12.0, iterations=0, params=params)
+    template = build_template(
+        [
+            TemplateCase("B", baseline.baseline.ct, baseline.baseline.lungs_lr),
+            TemplateCase("F", baseline.followup.ct, baseline.followup.lungs_lr),
+        ],
+        settings,
+    ).template
+    rng = np.random.default_rng(0)
+    y = [bool(n % 2) for n in range(12)]
+    x = rng.normal(0, 0.02, size=(12, *template.shape_kji)).astype(np.float32)
+    x[np.asarray(y)] -= 0.1
+    train, val = stratified_split(y, val_fraction=0.25, seed=0)
+    config = TrainingConfig(epochs=2)
+    trained = {t: train_target(t, x, y, train, val, config) for t in ("functional", "morphologic")}
+    model = build_model(template, trained, config, training={"dataset_digest": "sha256:test"})
+    folder = save_model(model, tmp_path / "worsening")
+    return folder, load_model(folder)
+
+
+def test_the_classifier_adds_probabilities_and_a_template_space_map(
+    baseline_series, followup_series, django_capture_on_commit_callbacks, settings,
+    tiny_worsening_model,
+):  # fmt: skip
+    folder, model = tiny_worsening_model
+    settings.WORSENING_CLASSIFIER = str(folder)
+    job = register(baseline_series, followup_series, django_capture_on_commit_callbacks)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    worsening = job.result["worsening"]
+    assert "error" not in worsening, worsening
+    assert worsening["model_version"] == model.version
+    assert worsening["template_digest"] == model.template.digest
+    for target in ("functional", "morphologic"):
+        call = worsening[target]
+        assert 0.0 <= call["probability"] <= 1.0
+        assert call["predicted"] == (call["probability"] >= call["threshold"])
+    with np.load(storage.absolute(worsening["template_map"])) as data:
+        assert data["log_jacobian"].shape == model.template.shape_kji
+        np.testing.assert_array_equal(data["lung"], model.template.lung.array)
+        assert str(data["template_digest"]) == model.template.digest
+        inside = data["lung"] > 0
+        mapped_mean = float(data["log_jacobian"][inside].mean())
+    # the shrinkage survives the trip to the template
+    assert mapped_mean < 0
+    assert mapped_mean == pytest.approx(worsening["template_mean_log_jacobian"], abs=1e-4)
