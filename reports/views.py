@@ -5,6 +5,7 @@ the per-patient longitudinal report (HTML and PDF) for the patient's clinicians 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,7 +23,14 @@ from annotation.models import Assignment, Structure
 from core.exceptions import ApplicationError
 from reports import selectors
 from reports.params import parse_query, uuid_or_404
-from reports.services import agreement, clinician, clinician_figures, dashboards, figures
+from reports.services import (
+    agreement,
+    clinician,
+    clinician_figures,
+    dashboards,
+    figures,
+    template_maps,
+)
 from reports.services.characteristics import PFTS
 from reports.services.extent import READERS, engines_available
 from reports.services.report_pdf import render_report_pdf
@@ -326,9 +334,14 @@ def longitudinal(request: HttpRequest) -> HttpResponse:
                 )
             )
         )
+    template = template_maps.template_figure(report.rows)
     context = {
         **_filter_context(request),
         "report": report,
+        "template_figure": template,
+        "figure5": {
+            panel: base64.b64encode(png).decode("ascii") for panel, png in template.png.items()
+        },
         "functional": report.functional.cells(),
         "morphologic": report.morphologic.cells(),
         "jacobian": report.jacobian_cells(),
