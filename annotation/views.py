@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.templatetags.static import static
 from django.views.decorators.http import require_POST
 
 from annotation import selectors
 from annotation.models import Assignment, ReadingStudy
 from annotation.services import reading, setup
 from core.access import projects_for
+from core.assets import entry_assets
 from core.exceptions import ApplicationError
 from core.models import Project, Role, User
 from studies.models import Series
 
-MANIFEST = Path(settings.BASE_DIR) / "frontend" / "dist" / ".vite" / "manifest.json"
 ENTRY = "src/main.ts"
-
-
-@cache
-def _manifest(mtime: float) -> dict[str, Any]:
-    return json.loads(MANIFEST.read_text())
-
-
-def viewer_assets() -> dict[str, Any]:
-    """The built viewer's entry script and stylesheets (``make frontend`` builds them)."""
-    if not MANIFEST.exists():
-        return {"script": None, "styles": []}
-    entry = _manifest(MANIFEST.stat().st_mtime).get(ENTRY, {})
-    return {
-        "script": static(entry["file"]) if "file" in entry else None,
-        "styles": [static(css) for css in entry.get("css", [])],
-    }
 
 
 @login_required
@@ -80,7 +59,7 @@ def viewer(request: HttpRequest, assignment_id: str) -> HttpResponse:
         "annotation/viewer.html",
         {
             "assignment": assignment,
-            "assets": viewer_assets(),
+            "assets": entry_assets(ENTRY),
             "is_reader": assignment.reader_id == request.user.pk,
         },
     )

@@ -9,56 +9,22 @@ open read of either series (else 403); only a succeeded registration has a viewe
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.templatetags.static import static
 
+from core.assets import entry_assets
 from jobs import selectors as job_selectors
 from jobs.apis import DEFAULT_LOG_JACOBIAN_RANGE
 from jobs.models import Job
+from jobs.slices import npz_small
 from studies.services import storage
 
-MANIFEST = Path(settings.BASE_DIR) / "frontend" / "dist" / ".vite" / "manifest.json"
 ENTRY = "src/longitudinal.ts"
-
-
-@cache
-def _manifest(mtime: float) -> dict[str, Any]:
-    return json.loads(MANIFEST.read_text())
-
-
-def longitudinal_assets() -> dict[str, Any]:
-    """The built entry's script and the stylesheets of it and the chunks it imports."""
-    if not MANIFEST.exists():
-        return {"script": None, "styles": []}
-    manifest = _manifest(MANIFEST.stat().st_mtime)
-    entry = manifest.get(ENTRY, {})
-    styles: list[str] = []
-    seen: set[str] = set()
-
-    def collect(key: str) -> None:
-        if key in seen or key not in manifest:
-            return
-        seen.add(key)
-        chunk = manifest[key]
-        styles.extend(css for css in chunk.get("css", []) if css not in styles)
-        for imported in chunk.get("imports", []):
-            collect(imported)
-
-    collect(ENTRY)
-    return {
-        "script": static(entry["file"]) if "file" in entry else None,
-        "styles": [static(css) for css in styles],
-    }
 
 
 def visible_registration(request: HttpRequest, job_id: Any) -> Job:
@@ -83,8 +49,7 @@ def slice_correspondence(job: Job) -> dict[str, Any]:
     path = storage.absolute(relpath) if relpath else None
     if path is None or not path.is_file():
         raise Http404("the registration's output is no longer stored; run it again")
-    with np.load(path) as data:
-        baseline_sops = [str(uid) for uid in data["sop_instance_uids"]]
+    baseline_sops = [str(uid) for uid in npz_small(path, "sop_instance_uids")]
     followup_k = [int(k) for k in job.result.get("followup_slice_for_baseline_slice") or []]
     followup_sops = [str(uid) for uid in job.result.get("followup_sop_for_baseline_slice") or []]
     if not (len(baseline_sops) == len(followup_k) == len(followup_sops)):
@@ -133,6 +98,6 @@ def longitudinal_viewer(request: HttpRequest, job_id: Any) -> HttpResponse:
             "volume_change_pct": None if mean is None else 100.0 * float(np.expm1(mean)),
             "range": DEFAULT_LOG_JACOBIAN_RANGE,
             "viewer_data": data,
-            "assets": longitudinal_assets(),
+            "assets": entry_assets(ENTRY),
         },
     )

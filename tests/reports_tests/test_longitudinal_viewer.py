@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
+from core import assets as core_assets
 from tests.annotation_tests.conftest import ingest_series
 
 pytestmark = pytest.mark.django_db
@@ -84,7 +85,6 @@ def registration(pair):
 @pytest.fixture
 def manifest(tmp_path, monkeypatch):
     """A built frontend whose longitudinal entry imports a chunk with the shared stylesheet."""
-    from reports import views_viewer
 
     path = tmp_path / "manifest.json"
     path.write_text(
@@ -100,7 +100,7 @@ def manifest(tmp_path, monkeypatch):
             }
         )
     )
-    monkeypatch.setattr(views_viewer, "MANIFEST", path)
+    monkeypatch.setattr(core_assets, "MANIFEST", path)
     return path
 
 
