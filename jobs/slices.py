@@ -6,7 +6,8 @@ seconds to decompress). The first request for a member unpacks it once into an u
 ``.npy`` under ``STORAGE_ROOT/cache/npz/`` (written beside, then renamed into place), named by
 the archive's path, size and modification time, so a rerun that rewrites the archive gets a
 fresh copy; later requests memory-map it and read just the slice. Small members (UID lists) are
-read from the archive directly, which decompresses only that member.
+read from the archive once per version of it (only that member is decompressed) and kept in
+memory.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from studies.services import storage
 CACHE_FOLDER = "cache/npz"
 
 
-def _cache_path(path: Path, key: str) -> Path:
+def _identity(path: Path) -> tuple[str, int, int]:
+    """The archive as written: a rerun that rewrites it gets a new identity."""
     stat = path.stat()
-    name = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{key}"
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _cache_path(identity: tuple[str, int, int], key: str) -> Path:
+    name = "|".join(str(part) for part in (*identity, key))
     digest = hashlib.sha256(name.encode()).hexdigest()[:32]
     return storage.absolute(CACHE_FOLDER) / digest[:2] / f"{digest}.npy"
 
@@ -45,7 +51,7 @@ def npz_member(path: Path, key: str) -> npt.NDArray[Any]:
         KeyError: the archive has no such member.
         OSError, ValueError: the archive is missing or unreadable.
     """
-    cache_file = _cache_path(path, key)
+    cache_file = _cache_path(_identity(path), key)
     if not cache_file.exists():
         with np.load(path) as data:
             if key not in data.files:
@@ -64,8 +70,20 @@ def npz_member(path: Path, key: str) -> npt.NDArray[Any]:
 
 
 def npz_small(path: Path, key: str) -> npt.NDArray[Any]:
-    """A small member (e.g. ``sop_instance_uids``), read straight from the archive."""
-    with np.load(path) as data:
+    """A small member (e.g. ``sop_instance_uids``), read from the archive once per version of it
+    and kept (read-only) for the next requests.
+
+    Raises:
+        KeyError: the archive has no such member.
+    """
+    return _small(_identity(path), key)
+
+
+@functools.lru_cache(maxsize=256)
+def _small(identity: tuple[str, int, int], key: str) -> npt.NDArray[Any]:
+    with np.load(identity[0]) as data:
         if key not in data.files:
-            raise KeyError(f"{path.name} has no {key!r} array")
-        return np.asarray(data[key])
+            raise KeyError(f"{Path(identity[0]).name} has no {key!r} array")
+        array = np.asarray(data[key])
+    array.flags.writeable = False
+    return array
