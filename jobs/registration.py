@@ -28,6 +28,7 @@ rounded, clipped ``k`` index is the follow-up slice shown beside baseline slice 
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -55,7 +56,7 @@ CORRESPONDENCE_POINTS = 4000
 REGIONS = ("superior", "inferior", "anterior", "posterior")
 
 if TYPE_CHECKING:
-    from inference.worsening.classifier import WorseningPrediction
+    from inference.worsening.classifier import WorseningModel, WorseningPrediction
 
 Progress = Callable[[float], None]
 
@@ -220,6 +221,32 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
     )
 
 
+def worsening_model(choice: str) -> WorseningModel:
+    """The classifier named by ``choice`` (``"default"`` or a model folder), loaded once per
+    worker process and again only when its ``metadata.json`` is replaced. The default model is
+    built (and cached on disk) on first use.
+
+    Raises:
+        WorseningModelError: the folder holds no usable model.
+    """
+    from inference.worsening import default_cache_dir, default_model, load_model
+
+    folder = default_cache_dir() if choice == "default" else Path(choice)
+    metadata = folder / "metadata.json"
+    if choice == "default" and not metadata.is_file():
+        return default_model(folder)
+    if not metadata.is_file():
+        return load_model(folder)  # raises, saying what is missing
+    return _loaded_model(str(folder), metadata.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_model(folder: str, metadata_mtime_ns: int) -> WorseningModel:
+    from inference.worsening import load_model
+
+    return load_model(Path(folder))
+
+
 def save_template_map(path: Path, prediction: WorseningPrediction) -> None:
     """The log-Jacobian map on the template grid, for group maps (Figure 5): ``log_jacobian``
     float32 ``[k, j, i]``, the template ``lung`` uint8, ``spacing_mm`` / ``origin_lps_mm``
@@ -252,18 +279,13 @@ def classify_worsening(
     from django.conf import settings
 
     from inference.registration import RegistrationError
-    from inference.worsening import (
-        WorseningModelError,
-        default_model,
-        load_model,
-        predict_worsening,
-    )
+    from inference.worsening import WorseningModelError, predict_worsening
 
     choice = str(settings.WORSENING_CLASSIFIER or "off").strip()
     if choice == "off":
         return {"status": "off"}, None
     try:
-        model = default_model() if choice == "default" else load_model(Path(choice))
+        model = worsening_model(choice)
         prediction = predict_worsening(baseline_ct, lung, log_jacobian, model)
     except (WorseningModelError, RegistrationError, ValueError, OSError) as error:
         return {"error": f"worsening classifier: {error}"}, None
