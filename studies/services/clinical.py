@@ -22,7 +22,7 @@ from django.db import transaction
 
 from core.exceptions import ApplicationError
 from studies.models import Patient
-from studies.services.pft import _resolve_patient
+from studies.services.pft import resolve_row_patient
 
 ANTIBODY_FIELDS = ("anticentromere", "anti_scl70", "other_autoantibodies")
 FIELDS = ("ssc_subtype", "mrss", *ANTIBODY_FIELDS)
@@ -105,16 +105,7 @@ def parse_clinical_csv(
         record = {(k or "").strip(): ("" if v is None else str(v)) for k, v in raw.items()}
         problems: list[str] = []
         raw_id = record.get("patient_id", "").strip()
-        patient = None
-        if not raw_id:
-            problems.append("patient_id is empty")
-        else:
-            patient, _ = _resolve_patient(raw_id)
-            if patient is None or (
-                allowed_project_ids is not None and patient.project_id not in allowed_project_ids
-            ):
-                problems.append(f"unknown patient {raw_id!r}")
-                patient = None
+        patient, _ = resolve_row_patient(raw_id, allowed_project_ids, problems)
         if patient is not None:
             if patient.pk in seen:
                 problems.append(f"duplicate of line {seen[patient.pk]} (same patient)")

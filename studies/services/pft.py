@@ -95,6 +95,23 @@ def _resolve_patient(raw_id: str) -> tuple[Patient | None, int]:
     return None, 0
 
 
+def resolve_row_patient(
+    raw_id: str, allowed_project_ids: set[Any] | None, problems: list[str]
+) -> tuple[Patient | None, int]:
+    """A CSV row's patient (by pseudonym or original ID) and its date shift; a problem is added
+    when the ID is empty, unknown, or in a project outside ``allowed_project_ids``."""
+    if not raw_id:
+        problems.append("patient_id is empty")
+        return None, 0
+    patient, shift = _resolve_patient(raw_id)
+    if patient is None or (
+        allowed_project_ids is not None and patient.project_id not in allowed_project_ids
+    ):
+        problems.append(f"unknown patient {raw_id!r}")
+        return None, 0
+    return patient, shift
+
+
 def parse_pft_csv(
     text: str, *, allowed_project_ids: set[Any] | None = None
 ) -> tuple[list[PftRow], list[dict[str, Any]]]:
@@ -132,16 +149,7 @@ def parse_pft_records(
         record = {(k or "").strip(): ("" if v is None else str(v)) for k, v in raw.items()}
         problems: list[str] = []
         raw_id = record.get("patient_id", "").strip()
-        patient, shift = (None, 0)
-        if not raw_id:
-            problems.append("patient_id is empty")
-        else:
-            patient, shift = _resolve_patient(raw_id)
-            if patient is None or (
-                allowed_project_ids is not None and patient.project_id not in allowed_project_ids
-            ):
-                problems.append(f"unknown patient {raw_id!r}")
-                patient = None
+        patient, shift = resolve_row_patient(raw_id, allowed_project_ids, problems)
         when: date | None = None
         try:
             when = date.fromisoformat(record.get("date", "").strip())

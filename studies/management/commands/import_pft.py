@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
+from studies.management.commands._csv_import import import_failed, read_csv_text
 from studies.services.pft import PftImportError, import_pft_csv
 
 
@@ -17,20 +18,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        path: Path = options["file"]
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CommandError(f"cannot read {path}: {exc}") from None
+        text = read_csv_text(options["file"])
         try:
             report = import_pft_csv(text)
         except PftImportError as exc:
-            lines = [exc.message]
-            for error in exc.extra.get("errors", []):
-                lines.append(
-                    f"  line {error['line']} ({error['patient_id']}): " + "; ".join(error["errors"])
-                )
-            raise CommandError("\n".join(lines)) from None
+            raise import_failed(exc) from None
         if options["json"]:
             self.stdout.write(json.dumps(report.to_dict()))
         else:
