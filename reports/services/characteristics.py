@@ -32,10 +32,16 @@ from inference.stats import (
     describe_categorical,
     describe_continuous,
     format_p,
-    goh_stage,
 )
 from reports.selectors import cohort_sort_key, export_patient_id
-from reports.services.extent import NO_EXTENT, READERS, Extent, SourceMode, series_extents
+from reports.services.extent import (
+    NO_EXTENT,
+    READERS,
+    Extent,
+    SourceMode,
+    goh_of,
+    series_extents,
+)
 from studies.models import Patient, Series
 from studies.selectors import closest_pft
 
@@ -73,8 +79,7 @@ class PatientRow:
         return self.extents.get(source, NO_EXTENT)
 
     def goh(self, source: str) -> str | None:
-        value = self.extent(source).extent_pct
-        return None if value is None else goh_stage(min(max(value, 0.0), 100.0))
+        return goh_of(self.extent(source).extent_pct)
 
     def to_dict(self, sources: Sequence[str]) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -45,6 +45,7 @@ from jobs import selectors as job_selectors
 from jobs.models import Job
 from reports.selectors import export_patient_id
 from reports.services.engines import engine_name, job_extent_pct
+from reports.services.extent import goh_of
 from studies import selectors as study_selectors
 from studies.models import Patient, PftResult, Series
 
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     AnyUser = User | AnonymousUser
 
 REPORT_ROLES = (Role.CLINICIAN, Role.COORDINATOR)  # site admins always pass has_role
-GOH_EXTENSIVE_ABOVE_PCT = 20.0
 MONTH_DAYS = 30.4375
 PFT_MEASURES = (("fvc", "FVC"), ("dlco", "DLCO"), ("tlc", "TLC"), ("kco", "KCO"))
 REGIONS = ("superior", "inferior", "anterior", "posterior")
@@ -117,13 +117,6 @@ def patient_for_report(user: AnyUser, patient_id: str) -> Patient:
 
 
 # ------------------------------------------------------------------------------ the report
-
-
-def goh_stage(extent_pct: float | None) -> str | None:
-    """``"extensive"`` above 20 % of lung volume, ``"limited"`` otherwise (``None``: unknown)."""
-    if extent_pct is None:
-        return None
-    return "extensive" if extent_pct > GOH_EXTENSIVE_ABOVE_PCT else "limited"
 
 
 def _float(value: Any) -> float | None:
@@ -222,7 +215,7 @@ class CtRow:
 
     @property
     def goh_stage(self) -> str | None:
-        return goh_stage(self.extent_pct)
+        return goh_of(self.extent_pct)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from reports.services import figures
-from reports.services.clinician import GOH_EXTENSIVE_ABOVE_PCT, ClinicianReport, fmt, fmt_date
+from reports.services.clinician import ClinicianReport, fmt, fmt_date
+from reports.services.extent import GOH_EXTENSIVE_ABOVE_PCT
 
 if TYPE_CHECKING:
     from reportlab.graphics.shapes import Drawing

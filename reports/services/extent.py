@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from annotation.models import Assignment, ContourVersion, ReadingCase, Structure
 from annotation.selectors import latest_contours
+from inference.stats import goh_stage
+from inference.stats.tables import GOH_THRESHOLD_PCT
 from reports.services import engines as engine_io
 
 SourceMode = Literal["auto", "engine", "readers"]
@@ -125,3 +127,12 @@ def series_extents(
     engine = engine_extents(ids, source)
     fallback = reader_extents(ids) if mode == "auto" else {}
     return {sid: engine.get(sid) or fallback.get(sid) or NO_EXTENT for sid in ids}
+
+
+GOH_EXTENSIVE_ABOVE_PCT = GOH_THRESHOLD_PCT
+
+
+def goh_of(extent_pct: float | None) -> str | None:
+    """Goh stage of a measured extent (``inference.stats.goh_stage``), ``None`` when unknown;
+    an engine's rounding just outside 0-100 % is clamped rather than refused."""
+    return None if extent_pct is None else goh_stage(min(max(extent_pct, 0.0), 100.0))
