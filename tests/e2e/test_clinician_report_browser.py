@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FRONTEND = REPO / "frontend"
+from tests.e2e.harness import CHROMIUM, PASSWORD, missing, require, run_driver
+
 SCRIPT = Path(__file__).with_name("clinician_report.mjs")
-CHROMIUM = os.environ.get("ILD_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "browser-pw-2026"
 NODE_TIMEOUT_S = int(os.environ.get("ILD_E2E_TIMEOUT_S", "120"))
 # Colours of the charts (reports.services.clinician_figures) as RGB.
 WORSENING_RED = (0xDC, 0x26, 0x26)
@@ -33,25 +30,9 @@ DLCO_GREEN = (0x2C, 0xA0, 0x2C)
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def _missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    if not (FRONTEND / "node_modules" / "playwright-core").exists():
-        return "frontend/node_modules missing (cd frontend && npm ci)"
-    if shutil.which("node") is None:
-        return "node not found"
-    if shutil.which("pdftoppm") is None:
-        return "pdftoppm not found (apt-get install poppler-utils)"
-    return None
-
-
 @pytest.fixture
 def requirements():
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require(missing(tools=("pdftoppm",)))
 
 
 def _page_one(pdf: Path) -> np.ndarray:
@@ -105,25 +86,9 @@ def test_a_clinician_reads_and_prints_the_longitudinal_report(requirements, live
         "stablePdf": str(out / "stable.pdf"),
         "screenshot": str(out / "report.png"),
     }
-    try:
-        completed = subprocess.run(
-            ["node", str(SCRIPT)],
-            env={**os.environ, "ILD_E2E_CONFIG": json.dumps(config)},
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        log = exc.stderr.decode() if isinstance(exc.stderr, bytes) else str(exc.stderr)
-        pytest.fail(f"browser script timed out; its log:\n{log[-6000:]}")
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("ILD_E2E_RESULT ")]
-    assert lines, (
-        f"no result\nstdout:\n{completed.stdout[-3000:]}\nstderr:\n{completed.stderr[-3000:]}"
-    )
-    result = json.loads(lines[-1].removeprefix("ILD_E2E_RESULT "))
+    result, log = run_driver(SCRIPT, config, NODE_TIMEOUT_S)
     with capsys.disabled():
-        print("\n[browser] log:\n" + completed.stderr[-2000:])
+        print("\n[browser] log:\n" + log[-2000:])
         print("[browser] checks:", json.dumps(result.get("checks", {}))[:3000])
     assert not result.get("error"), result["error"]
     assert not result["console"], result["console"]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FRONTEND = REPO / "frontend"
+from tests.e2e.harness import CHROMIUM, PASSWORD, REPO, missing, require, run_driver
+
 SCRIPT = Path(__file__).with_name("longitudinal_flow.mjs")
 # The docs' picture is refreshed with ILD_UPDATE_SCREENSHOTS=1; ordinary runs write elsewhere.
 SCREENSHOT = (
@@ -34,8 +32,6 @@ SCREENSHOT = (
     if os.environ.get("ILD_UPDATE_SCREENSHOTS") == "1"
     else Path(tempfile.gettempdir()) / "ild-e2e" / "longitudinal-viewer.png"
 )
-CHROMIUM = os.environ.get("ILD_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "browser-pw-2026"
 NODE_TIMEOUT_S = int(os.environ.get("ILD_E2E_TIMEOUT_S", "180"))
 SHAPE_KJI = (64, 128, 128)
 PAIR_SEED = 3
@@ -54,28 +50,9 @@ REGISTRATION_PARAMS = {
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def _missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    if not (FRONTEND / "node_modules" / "playwright-core").exists():
-        return "frontend/node_modules missing (cd frontend && npm ci)"
-    manifest = FRONTEND / "dist" / ".vite" / "manifest.json"
-    if not manifest.exists():
-        return "frontend not built (make frontend)"
-    if "src/longitudinal.ts" not in json.loads(manifest.read_text()):
-        return "frontend built without the longitudinal entry (make frontend)"
-    if shutil.which("node") is None:
-        return "node not found"
-    return None
-
-
 @pytest.fixture
 def requirements():
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require(missing(entry="src/longitudinal.ts"))
 
 
 def _write_pair(root: Path) -> None:
@@ -190,27 +167,6 @@ def _setup(tmp_path: Path) -> dict[str, object]:
     }
 
 
-def _run_driver(config: dict[str, object]) -> tuple[dict[str, object], str]:
-    try:
-        completed = subprocess.run(
-            ["node", str(SCRIPT)],
-            env={**os.environ, "ILD_E2E_CONFIG": json.dumps(config)},
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        log = exc.stderr.decode() if isinstance(exc.stderr, bytes) else str(exc.stderr)
-        pytest.fail(f"browser script timed out; its log:\n{log[-6000:]}")
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("ILD_E2E_RESULT ")]
-    assert lines, (
-        f"no result from the browser script\nstdout:\n{completed.stdout[-4000:]}"
-        f"\nstderr:\n{completed.stderr[-4000:]}"
-    )
-    return json.loads(lines[-1].removeprefix("ILD_E2E_RESULT ")), completed.stderr
-
-
 def test_longitudinal_viewer_in_chromium(requirements, live_server, tmp_path, capsys):
     data = _setup(tmp_path)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +177,7 @@ def test_longitudinal_viewer_in_chromium(requirements, live_server, tmp_path, ca
         "screenshot": str(SCREENSHOT),
         **data,
     }
-    result, log = _run_driver(config)
+    result, log = run_driver(SCRIPT, config, NODE_TIMEOUT_S)
     with capsys.disabled():
         print("\n[browser] log:\n" + log[-3000:])
         print("[browser] setup timings:", json.dumps(data["timings"]))

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FRONTEND = REPO / "frontend"
+from tests.e2e.harness import CHROMIUM, PASSWORD, REPO, missing, require, run_driver
+
 SCRIPT = Path(__file__).with_name("reading_flow.mjs")
 # The README's picture is refreshed with ILD_UPDATE_SCREENSHOTS=1; ordinary runs write elsewhere.
 SCREENSHOT = (
@@ -28,32 +26,14 @@ SCREENSHOT = (
     if os.environ.get("ILD_UPDATE_SCREENSHOTS") == "1"
     else Path(tempfile.gettempdir()) / "ild-e2e" / "viewer-contour.png"
 )
-CHROMIUM = os.environ.get("ILD_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "browser-pw-2026"
 NODE_TIMEOUT_S = int(os.environ.get("ILD_E2E_TIMEOUT_S", "240"))
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def _missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    if not (FRONTEND / "node_modules" / "playwright-core").exists():
-        return "frontend/node_modules missing (cd frontend && npm ci)"
-    if not (FRONTEND / "dist" / ".vite" / "manifest.json").exists():
-        return "frontend not built (make frontend)"
-    if shutil.which("node") is None:
-        return "node not found"
-    return None
-
-
 @pytest.fixture
 def requirements():
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require(missing(entry="src/main.ts"))
 
 
 def _setup_reading_study(monkeypatch) -> dict[str, object]:
@@ -136,30 +116,14 @@ def test_reading_workflow_in_chromium(requirements, live_server, monkeypatch, ca
         "screenshot": str(SCREENSHOT),
         **data,
     }
-    try:
-        completed = subprocess.run(
-            ["node", str(SCRIPT)],
-            env={**os.environ, "ILD_E2E_CONFIG": json.dumps(config)},
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        log = exc.stderr.decode() if isinstance(exc.stderr, bytes) else str(exc.stderr)
-        pytest.fail(f"browser script timed out; its log:\n{log[-6000:]}")
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("ILD_E2E_RESULT ")]
-    assert lines, (
-        f"no result from the browser script\nstdout:\n{completed.stdout[-4000:]}\nstderr:\n{completed.stderr[-4000:]}"
-    )
-    result = json.loads(lines[-1].removeprefix("ILD_E2E_RESULT "))
+    result, log = run_driver(SCRIPT, config, NODE_TIMEOUT_S)
     with capsys.disabled():
-        print("\n[browser] log:\n" + completed.stderr[-3000:])
+        print("\n[browser] log:\n" + log[-3000:])
         print("[browser] setup timings:", json.dumps(data["timings"]))
         print("[browser] metrics:", json.dumps(result.get("metrics", {})))
         print("[browser] checks:", json.dumps(result.get("checks", {})))
         if result.get("error"):
-            print("[browser] error:", result["error"], completed.stderr[-3000:])
+            print("[browser] error:", result["error"], log[-3000:])
     assert not result.get("error"), result["error"]
 
     checks = result["checks"]
