@@ -27,7 +27,7 @@ run: install frontend
 	@echo "ILD Review on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
 	@trap 'kill 0' EXIT; \
 	$(VENV)/bin/celery -A webapp worker --pool=solo --queues=default,cpu,gpu --loglevel=INFO & \
-	$(VENV)/bin/gunicorn webapp.wsgi --bind $(HOST):$(PORT) --workers 2 --threads 4 --timeout 300 --access-logfile -
+	$(VENV)/bin/gunicorn -c python:webapp.gunicorn_conf webapp.wsgi --bind $(HOST):$(PORT) --access-logfile -
 
 test: install frontend
 	@if [ -f frontend/package.json ]; then cd frontend && npm test; fi

@@ -6,8 +6,8 @@ orthanc-dicomweb)::
     .venv/bin/python benchmarks/bench_dicomweb.py                     # POPI CT + 400x512x512
     .venv/bin/python benchmarks/bench_dicomweb.py --slices 60 --quick # a smoke run
 
-It creates a scratch PostgreSQL database, migrates it, starts gunicorn (the production WSGI
-server, gthread workers) and Orthanc 1.x with its DICOMweb plugin, each with its own storage in
+It creates a scratch PostgreSQL database, migrates it, starts gunicorn with the production
+settings (``webapp/gunicorn_conf.py``: the ``webapp.server`` thread worker) and Orthanc 1.x with its DICOMweb plugin, each with its own storage in
 a temporary folder, then for each series (the POPI CT from ../shared/data/real/popi-00-ct and
 a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
 
@@ -294,25 +294,14 @@ def measure(server: Server, files: list[bytes], args: argparse.Namespace) -> dic
 
 
 def gunicorn_command(app: str, port: int, args: argparse.Namespace) -> list[str]:
-    """The production server settings (docker/Dockerfile), on loopback."""
-    return [
-        str(GUNICORN),
-        app,
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-        "--worker-class",
-        "gthread",
-        "--keep-alive",
-        "30",
-        "--timeout",
-        "300",
-        "--log-level",
-        "warning",
-    ]
+    """The production server settings (webapp/gunicorn_conf.py, as docker runs them), on
+    loopback; ``--worker-class gthread`` measures gunicorn's stock worker instead."""
+    command = [str(GUNICORN), "-c", "python:webapp.gunicorn_conf", app]
+    command += ["--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
+    command += ["--workers", str(args.workers), "--threads", str(args.threads)]
+    if args.worker_class:
+        command += ["--worker-class", args.worker_class]
+    return command
 
 
 def wait_for_http(port: int, path: str) -> None:
@@ -425,6 +414,7 @@ def http_ceiling(args: argparse.Namespace) -> dict[str, float]:
     process = subprocess.Popen(
         [*gunicorn_command("bench_dicomweb:constant_frame_app", port, args)],
         cwd=REPO / "benchmarks",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         wait_for_http(port, "/")
@@ -468,6 +458,9 @@ def main() -> int:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--worker-class", default="", help="gunicorn worker class (default: the production one)"
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument(
         "--frame-rounds", type=int, default=3, help="times each client fetches every frame"

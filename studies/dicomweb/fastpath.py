@@ -119,23 +119,36 @@ class FrameFastPath:
         self.hsts = _hsts_header()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "GET":
-            match = FRAMES_PATH.match(environ.get("PATH_INFO", ""))
-            if match is not None:
-                served = serve_frames(environ, match)
-                if served is not None:
-                    content_type, body = served
-                    headers = [
-                        ("Content-Type", content_type),
-                        ("Content-Length", str(len(body))),
-                        ("Vary", "Accept, Authorization, Cookie"),
-                        *self.security_headers,
-                    ]
-                    if self.hsts and _is_secure(environ):
-                        headers.append(("Strict-Transport-Security", self.hsts))
-                    start_response("200 OK", headers)
-                    return [body]
-        return self.app(environ, start_response)
+        answer = self.respond(environ)
+        if answer is None:
+            return self.app(environ, start_response)
+        headers, pieces = answer
+        start_response("200 OK", headers)
+        return pieces
+
+    def respond(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], list[bytes]] | None:
+        """The 200 response's headers and body pieces for a request answered here, else None.
+
+        Also what the server's frame lane (``webapp.server``) sends without a WSGI round trip.
+        """
+        if environ.get("REQUEST_METHOD") != "GET":
+            return None
+        match = FRAMES_PATH.match(environ.get("PATH_INFO", ""))
+        if match is None:
+            return None
+        served = serve_frames(environ, match)
+        if served is None:
+            return None
+        content_type, pieces = served
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(sum(map(len, pieces)))),
+            ("Vary", "Accept, Authorization, Cookie"),
+            *self.security_headers,
+        ]
+        if self.hsts and _is_secure(environ):
+            headers.append(("Strict-Transport-Security", self.hsts))
+        return headers, pieces
 
 
 def _security_headers() -> list[tuple[str, str]]:
@@ -177,8 +190,8 @@ def _is_secure(environ: dict[str, Any]) -> bool:
     return bool(environ.get("wsgi.url_scheme") == "https")
 
 
-def serve_frames(environ: dict[str, Any], match: re.Match[str]) -> tuple[str, bytes] | None:
-    """(Content-Type, body) for a request the fast path can answer, else None."""
+def serve_frames(environ: dict[str, Any], match: re.Match[str]) -> tuple[str, list[bytes]] | None:
+    """(Content-Type, body pieces) for a request the fast path can answer, else None."""
     if getattr(settings, "SECURE_SSL_REDIRECT", False) or not _host_allowed(environ):
         return None
     try:
@@ -334,8 +347,9 @@ def frame_plan(accept: str | None, stored: str) -> wado.FramePlan | None:
 
 def frames_body(
     path: str, offset: int, size: int, numbers: list[int], plan: wado.FramePlan
-) -> tuple[str, bytes]:
-    """The frames read with one ``pread`` each, as ``wado.frames_body`` lays them out."""
+) -> tuple[str, list[bytes]]:
+    """The frames read with one ``pread`` each, laid out as ``wado.frames_body`` does, as the
+    pieces of the body: the server writes them one after another, without joining a copy."""
     fd = os.open(path, os.O_RDONLY)
     try:
         frames = [os.pread(fd, size, offset + (n - 1) * size) for n in numbers]
@@ -345,7 +359,7 @@ def frames_body(
         raise OSError(f"{path} is shorter than its recorded Pixel Data")
     part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
     if not plan.multipart and len(frames) == 1:
-        return part_type, frames[0]
+        return part_type, frames
     boundary = os.urandom(16).hex()
     marker = b"--" + boundary.encode()
     header = marker + CRLF + part_header(part_type)
@@ -357,4 +371,4 @@ def frames_body(
         f'multipart/related; type="{plan.part_type}"; '
         f"transfer-syntax={plan.transfer_syntax}; boundary={boundary}"
     )
-    return content_type, b"".join(pieces)
+    return content_type, pieces

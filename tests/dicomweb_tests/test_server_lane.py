@@ -1,0 +1,201 @@
+"""The production gunicorn worker (webapp.server): requests kept on one thread, and the frame
+lane answering plain frame GETs with the fast path's bytes while everything else still goes
+through gunicorn's parser and the application.
+
+Requests are written into one end of a socket pair before the worker's ``handle`` runs in the
+test's thread, so the whole exchange is deterministic and uses the test's database.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+from types import SimpleNamespace
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from gunicorn.workers.gthread import TConn
+
+from studies.dicomweb import fastpath
+from tests.dicomweb_tests.conftest import expected_pixels, path_of
+from tests.dicomweb_tests.test_fastpath import OCTET_ANY, Spy, parts_of, token_for
+from webapp import server
+
+pytestmark = pytest.mark.django_db
+
+
+class Worker:
+    """A ScrollingThreadWorker around FrameFastPath(Spy()), counting lane answers."""
+
+    def __init__(self, monkeypatch, *, accesslog: str | None = None) -> None:
+        cfg = Config()
+        cfg.set("keepalive", 30)
+        if accesslog:
+            cfg.set("accesslog", accesslog)
+        self.worker = server.ScrollingThreadWorker(
+            0, os.getppid(), [], SimpleNamespace(), 30, cfg, Logger(cfg)
+        )
+        self.spy = Spy()
+        self.worker.wsgi = fastpath.FrameFastPath(self.spy)
+        self.worker.alive = True
+        self.cfg = cfg
+        self.lane_answers = 0
+        answer = server.FrameLane._answer
+
+        def counting(lane, head, conn):
+            result = answer(lane, head, conn)
+            self.lane_answers += result is not None
+            return result
+
+        monkeypatch.setattr(server.FrameLane, "_answer", counting)
+
+    def exchange(self, *requests: bytes) -> tuple[object, list[http.client.HTTPResponse]]:
+        """Send ``requests`` back to back, let the worker handle them, read the responses."""
+        ours, theirs = socket.socketpair()
+        try:
+            theirs.sendall(b"".join(requests))
+            conn = TConn(self.cfg, ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))
+            result = self.worker.handle(conn)
+            theirs.settimeout(5)
+            reader = Unclosable(theirs.makefile("rb"))  # one buffer for every response
+            stream = SimpleNamespace(makefile=lambda *_: reader)
+            responses = []
+            for _ in requests:
+                response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
+                response.begin()
+                response.body = response.read()  # type: ignore[attr-defined]
+                responses.append(response)
+            return result, responses
+        finally:
+            ours.close()
+            theirs.close()
+
+
+class Unclosable:
+    """A file whose ``close`` leaves it open: HTTPResponse closes its file after each body."""
+
+    def __init__(self, file: object) -> None:
+        self.file = file
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        pass
+
+
+def get(path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1:8000", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    fastpath.clear_caches()
+    yield
+    fastpath.clear_caches()
+
+
+def frame_paths(series) -> list[str]:
+    sops = list(
+        series.instances.order_by("instance_number").values_list("sop_instance_uid", flat=True)
+    )
+    return [path_of(series, "instances", sop, "frames", "1") for sop in sops]
+
+
+def test_frames_after_the_first_request_take_the_lane_with_the_same_bytes(
+    monkeypatch, series, reader_a
+):
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    paths = frame_paths(series)
+
+    result, responses = worker.exchange(*(get(p, auth, accept) for p in paths))
+
+    assert result is True  # kept alive after the last one
+    assert worker.lane_answers == len(paths) - 1  # the first request is gunicorn's
+    assert worker.spy.calls == 0
+    for index, response in enumerate(responses):
+        assert response.status == 200
+        assert response.getheader("Connection", "keep-alive").lower() == "keep-alive"
+        assert response.getheader("Vary") == "Accept, Authorization, Cookie"
+        assert response.getheader("X-Frame-Options") == "DENY"
+        [(part_type, content)] = parts_of(response.getheader("Content-Type"), response.body)
+        assert "transfer-syntax=1.2.840.10008.1.2.1" in part_type
+        assert content == expected_pixels(index)
+        assert int(response.getheader("Content-Length")) == len(response.body)
+    lane = responses[1]
+    assert lane.getheader("Server") == "gunicorn" and lane.getheader("Date")
+
+
+def test_requests_that_are_not_plain_frame_gets_reach_the_application_in_order(
+    monkeypatch, series, other_series, reader_a
+):
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    own, foreign = frame_paths(series)[0], frame_paths(other_series)[0]
+    requests = [
+        get(own, auth, accept),  # gunicorn's (first request)
+        get(own, auth, accept),  # lane
+        get(foreign, auth, accept),  # another project's instance: the fast path declines
+        get(own + "?x=1", auth, accept),  # a query string: gunicorn parses it
+        get(own, auth, accept, "X-Forwarded-For: 10.0.0.1"),  # a proxy's request
+        get(own, accept),  # anonymous: the views answer 401
+        get(own, auth, "Accept: image/png"),  # an Accept frames cannot satisfy: 406
+        get(own, auth, accept),  # lane again
+    ]
+
+    result, responses = worker.exchange(*requests)
+
+    assert result is True
+    assert [r.status for r in responses] == [200, 200, 404, 200, 200, 401, 406, 200]
+    assert worker.lane_answers == 2
+    assert worker.spy.calls == 3  # 404, 401, 406 came from Django
+    for response in (responses[0], responses[1], responses[3], responses[4], responses[7]):
+        [(_, content)] = parts_of(response.getheader("Content-Type"), response.body)
+        assert content == expected_pixels(0)
+
+
+def test_connection_close_is_honoured_and_the_worker_lets_go(monkeypatch, series, reader_a):
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    own = frame_paths(series)[0]
+
+    result, responses = worker.exchange(
+        get(own, auth, accept), get(own, auth, accept, "Connection: close")
+    )
+
+    assert result is False
+    assert [r.status for r in responses] == [200, 200]
+    assert responses[1].getheader("Connection").lower() == "close"
+    assert worker.lane_answers == 0
+
+
+def test_no_lane_when_requests_are_access_logged(monkeypatch, series, reader_a, tmp_path):
+    worker = Worker(monkeypatch, accesslog=str(tmp_path / "access.log"))
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    paths = frame_paths(series)
+
+    _, responses = worker.exchange(*(get(p, auth, accept) for p in paths))
+
+    assert [r.status for r in responses] == [200] * len(paths)
+    assert worker.lane_answers == 0
+    assert (tmp_path / "access.log").read_text().count(" 200 ") == len(paths)
+
+
+def test_send_finishes_pieces_across_partial_writes():
+    class Trickle:
+        def __init__(self) -> None:
+            self.received = b""
+
+        def sendmsg(self, buffers):
+            data = b"".join(bytes(b) for b in buffers)[:7]
+            self.received += data
+            return len(data)
+
+    sock = Trickle()
+    pieces = [b"HTTP/1.1 200 OK\r\n\r\n", b"", os.urandom(100), b"\r\n--end--\r\n"]
+    server._send(sock, pieces)
+    assert sock.received == b"".join(pieces)

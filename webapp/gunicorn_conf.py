@@ -1,0 +1,15 @@
+"""Production gunicorn settings: ``gunicorn -c python:webapp.gunicorn_conf webapp.wsgi``.
+
+Command-line options (``--bind``, ``--workers``, ...) override these; environment variables
+``GUNICORN_WORKERS`` and ``GUNICORN_THREADS`` set the two sizes without a new command line.
+"""
+
+from __future__ import annotations
+
+import os
+
+worker_class = "webapp.server.ScrollingThreadWorker"
+workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+keepalive = 30  # seconds; a viewer keeps its connections between scroll bursts
+timeout = 300  # a large STOW upload or an archive export

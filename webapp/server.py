@@ -1,0 +1,229 @@
+"""The gunicorn worker the production server runs: ``gthread`` with a lane for viewer frames.
+
+A viewer scrolling a stack sends one frame request after another on each of its keep-alive
+connections. Two costs of gunicorn's stock ``gthread`` worker exceed the frame fast path
+(``studies.dicomweb.fastpath``) itself: after every response the connection goes back to the
+main thread's poller, which must wake, dispatch it to the pool and switch threads before the
+next request is read; and each request is parsed into gunicorn's request object and a full
+WSGI environ. :class:`ScrollingThreadWorker` removes both for that traffic:
+
+* **lingering**: while the client's next request arrives within ``LINGER_S`` seconds, the
+  thread that served the connection serves it again, for at most ``MAX_TURN`` requests in a
+  row and only while no other connection waits for a thread; otherwise the connection goes
+  back to the poller exactly as in ``gthread``;
+* **the frame lane**: a request on such a kept connection that is a plain ``GET`` of
+  WADO-RS frames (HTTP/1.1, no body, no query, no proxy headers, complete in what was read)
+  is handed to ``FrameFastPath.respond`` with a minimal environ and its answer written
+  straight to the socket. Anything else, and anything the fast path declines, goes through
+  gunicorn's parser and the WSGI application unchanged, so every other response, error and
+  access rule is the application's.
+
+The first request of a connection always takes gunicorn's path. The lane is off when an
+access log is configured (``--access-logfile``), so that every request is logged.
+
+Use it with ``gunicorn -c python:webapp.gunicorn_conf webapp.wsgi`` (docker, ``make run``,
+``benchmarks/bench_dicomweb.py``).
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+import time
+from email.utils import formatdate
+from typing import Any
+
+from gunicorn import SERVER
+from gunicorn.workers.gthread import ThreadWorker
+
+#: How long a thread waits on a kept-alive connection for its next request.
+LINGER_S = 0.05
+#: Requests served in a row on one connection before it goes back to the poller.
+MAX_TURN = 256
+#: Largest request head the lane reads; longer ones are gunicorn's.
+MAX_HEAD = 16384
+# Headers that make a request the parser's business: a body, a protocol switch, a proxy's view
+# of the client (scheme and host rules), or the end of the connection.
+_NOT_FOR_LANE = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"connection",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-ssl",
+        b"x-forwarded-protocol",
+        b"x-real-ip",
+        b"proxy-connection",
+    }
+)
+
+
+class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """``gthread``, serving back-to-back requests of a connection on the same thread."""
+
+    def handle(self, conn: Any) -> Any:
+        result = super().handle(conn)
+        lane = self._lane()
+        served = 1
+        readable = None
+        while result is True and served < MAX_TURN and self._keeps_going():
+            if not _buffered(conn):
+                if readable is None:
+                    readable = select.poll()
+                    readable.register(conn.sock, select.POLLIN)
+                if not readable.poll(LINGER_S * 1000):
+                    break  # idle: the poller watches it, as gthread does
+            served += 1
+            if lane is not None and lane.serve(conn):
+                self.nr += 1
+                if self.nr >= self.max_requests:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                    return False
+                continue
+            result = super().handle(conn)
+        return result
+
+    def _lane(self) -> FrameLane | None:
+        """The lane for this worker's application, built on first use (None: no lane)."""
+        if not hasattr(self, "_frame_lane"):
+            respond = getattr(getattr(self, "wsgi", None), "respond", None)
+            lane = FrameLane(respond, self.cfg) if respond and not self.cfg.accesslog else None
+            self._frame_lane: FrameLane | None = lane
+        return self._frame_lane
+
+    def _keeps_going(self) -> bool:
+        """Whether the worker runs on and no request of another connection waits for a thread."""
+        queue = getattr(getattr(self, "tpool", None), "_work_queue", None)
+        return bool(self.alive) and (queue is None or queue.empty())
+
+
+def _buffered(conn: Any) -> bool:
+    """Whether the parser already holds bytes of the next request (pipelining, body drain)."""
+    parser = getattr(conn, "parser", None)
+    unreader = getattr(parser, "unreader", None)
+    buf = getattr(unreader, "buf", None)
+    if buf is not None and buf.getvalue():
+        return True
+    sock = getattr(conn, "sock", None)
+    return bool(isinstance(sock, ssl.SSLSocket) and sock.pending())  # decrypted, not yet read
+
+
+class FrameLane:
+    """Answers plain frame ``GET`` requests of a kept-alive connection without WSGI.
+
+    Args:
+        respond: ``FrameFastPath.respond``: ``environ -> (headers, body pieces) | None``.
+        cfg: the gunicorn configuration (TLS).
+    """
+
+    def __init__(self, respond: Any, cfg: Any) -> None:
+        self.respond = respond
+        self.scheme = "https" if cfg.is_ssl else "http"
+        self.server_header = f"Server: {SERVER}\r\n".encode()
+        self._date = (0, b"")
+
+    def serve(self, conn: Any) -> bool:
+        """Answer the connection's next request if it is the lane's; True when answered.
+
+        When it is not, every byte read is handed back to the connection's parser, which then
+        reads the request as if the lane had not looked.
+        """
+        unreader = conn.parser.unreader
+        data = unreader.take_buffered()
+        try:
+            if b"\r\n\r\n" not in data:
+                chunk = conn.sock.recv(MAX_HEAD)
+                data += chunk
+                if not chunk or b"\r\n\r\n" not in data:
+                    unreader.unread(data)
+                    return False
+            head, _, rest = data.partition(b"\r\n\r\n")
+            answer = self._answer(head, conn)
+        except Exception:
+            unreader.unread(data)
+            raise
+        if answer is None:
+            unreader.unread(data)
+            return False
+        unreader.unread(rest)  # a pipelined next request
+        _send(conn.sock, answer)
+        return True
+
+    def _answer(self, head: bytes, conn: Any) -> list[bytes] | None:
+        environ = self._environ(head, conn)
+        if environ is None:
+            return None
+        answer = self.respond(environ)
+        if answer is None:
+            return None
+        headers, pieces = answer
+        lines = [b"HTTP/1.1 200 OK\r\n", self.server_header, self._date_header()]
+        lines.append(b"Connection: keep-alive\r\n")
+        lines += (f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+        lines.append(b"\r\n")
+        return [b"".join(lines), *pieces]
+
+    def _environ(self, head: bytes, conn: Any) -> dict[str, Any] | None:
+        """The WSGI variables the fast path reads, or None for a request that is not the lane's."""
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        if len(request_line) != 3 or request_line[0] != b"GET" or request_line[2] != b"HTTP/1.1":
+            return None
+        target = request_line[1]
+        if not target.startswith(b"/") or b"?" in target or b"%" in target or b"#" in target:
+            return None
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": target.decode("ascii", "replace"),
+            "QUERY_STRING": "",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": self.scheme,
+        }
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            name = name.lower()
+            if not colon or not name or name != name.strip() or name in _NOT_FOR_LANE:
+                return None  # folded or malformed lines, bodies, proxies: the parser decides
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            if key in environ or "_" in name.decode("latin-1"):
+                return None  # repeated, or underscores (gunicorn's header-spoofing rules)
+            environ[key] = value.strip().decode("latin-1")
+        host = environ.get("HTTP_HOST")
+        if not host:
+            return None
+        name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+        environ["SERVER_NAME"] = name or host
+        environ["SERVER_PORT"] = port or ("443" if self.scheme == "https" else "80")
+        peer = conn.client
+        if isinstance(peer, tuple) and peer:
+            environ["REMOTE_ADDR"] = str(peer[0])
+        return environ
+
+    def _date_header(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
+        return self._date[1]
+
+
+def _send(sock: Any, pieces: list[bytes]) -> None:
+    """Write ``pieces`` in order: gathered into few system calls where the socket allows."""
+    if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
+        for piece in pieces:
+            sock.sendall(piece)
+        return
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
