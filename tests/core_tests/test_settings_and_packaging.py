@@ -37,6 +37,13 @@ def test_database_urls():
         "db.example",
         "6543",
     )
+    # Prepared statements by default (server-side binding), switchable from the URL.
+    assert pg["OPTIONS"] == {"server_side_binding": True, "prepare_threshold": 1}
+    off = parse_database_url(
+        "postgres://h/db?server_side_binding=false&prepare_threshold=none&sslmode=require",
+        base_dir=REPO,
+    )["OPTIONS"]
+    assert off == {"server_side_binding": False, "prepare_threshold": None, "sslmode": "require"}
     absolute = parse_database_url("sqlite:////srv/ild/db.sqlite3", base_dir=REPO)
     assert absolute["NAME"] == "/srv/ild/db.sqlite3"
     relative = parse_database_url("sqlite:///var/db.sqlite3", base_dir=REPO)

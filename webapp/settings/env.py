@@ -55,6 +55,10 @@ def env_path(name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve() if raw else default
 
 
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
 def parse_database_url(url: str, *, base_dir: Path) -> dict[str, Any]:
     """``sqlite:///relative/or//absolute.sqlite3`` or ``postgres://user:pass@host:port/name``."""
     parts = urlsplit(url)
@@ -70,7 +74,15 @@ def parse_database_url(url: str, *, base_dir: Path) -> dict[str, Any]:
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }
     if parts.scheme in {"postgres", "postgresql", "pgsql"}:
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        options: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        # The study list and other repeated queries spend more time being planned than run
+        # (QIDO: 2.6 ms of planning for 0.4 ms of execution). Server-side binding lets psycopg
+        # prepare a statement on its second execution on a connection and PostgreSQL reuse its
+        # plan. ``?server_side_binding=false`` or ``?prepare_threshold=none`` turn this off
+        # (e.g. behind a transaction-pooling PgBouncer older than 1.21).
+        options["server_side_binding"] = _truthy(options.get("server_side_binding", "true"))
+        threshold = str(options.get("prepare_threshold", "1"))
+        options["prepare_threshold"] = None if threshold.lower() == "none" else int(threshold)
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")),
