@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
+from pydicom.dataset import Dataset
 from rest_framework import status
 
 from core.access import has_role
@@ -27,7 +28,13 @@ from studies.dicomweb.dicomjson import attr
 from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
 from studies.dicomweb.selectors import Scope
 from studies.models import Instance
-from studies.services.ingest import FileOutcome, ingest_datasets_bytes
+from studies.services.ingest import (
+    FileOutcome,
+    Item,
+    RejectedFile,
+    ingest_datasets_bytes,
+    read_dicom,
+)
 
 # PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
 PROCESSING_FAILURE = 0x0110
@@ -92,28 +99,39 @@ def with_preamble(data: bytes) -> bytes:
     return data
 
 
-def _peek(name: str, data: bytes) -> _Sent:
-    """The UIDs the client sent, for the response and the study check (header only)."""
-    data = with_preamble(data)
-    sent = _Sent(name, data)
+def _peek(item: _Sent) -> Dataset | None:
+    """Set the UIDs the client sent, for the response and the study check.
+
+    The part is read in full, as the ingest service reads it, and the Dataset returned to be
+    handed on to it (one parse per part); a part that cannot be read so gets a header-only
+    read here (None returned) and the ingest service gives the reason in words.
+    """
     try:
-        header = pydicom.dcmread(
-            io.BytesIO(data),
-            stop_before_pixels=True,
-            force=True,
-            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
-        )
+        header = read_dicom(item.data)
+        dataset: Dataset | None = header
+    except RejectedFile:
+        dataset = None
+        try:
+            header = pydicom.dcmread(
+                io.BytesIO(item.data),
+                stop_before_pixels=True,
+                force=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+            )
+        except Exception:  # the ingest service gives the reason in words
+            return None
+    try:
         meta = getattr(header, "file_meta", None)
-        sent.sop_class = str(
+        item.sop_class = str(
             header.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "")
         )
-        sent.sop_uid = str(
+        item.sop_uid = str(
             header.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "")
         )
-        sent.study_uid = str(header.get("StudyInstanceUID", ""))
+        item.study_uid = str(header.get("StudyInstanceUID", ""))
     except Exception:  # the ingest service gives the reason in words
-        pass
-    return sent
+        return None
+    return dataset
 
 
 def _failure_code(reason: str) -> int:
@@ -144,28 +162,34 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
         raise ApplicationError("the multipart body holds no parts")
 
     sent: list[_Sent] = []
+    part_types: list[str] = []
     for number, part in enumerate(parts, start=1):
-        item = _peek(f"part {number}", bytes(part.content))
-        part_type = part.content_type.split(";")[0].strip().lower()
-        if part_type not in ("", "application/dicom"):
-            item.error = f"part media type {part_type} is not application/dicom"
-            item.reason_code = CANNOT_UNDERSTAND
-        elif study_uid is not None and item.study_uid and item.study_uid != study_uid:
-            item.error = (
-                f"StudyInstanceUID {item.study_uid} does not match the study {study_uid} "
-                "in the request URL"
-            )
-            item.reason_code = PROCESSING_FAILURE
-        sent.append(item)
+        sent.append(_Sent(f"part {number}", with_preamble(bytes(part.content))))
+        part_types.append(part.content_type.split(";")[0].strip().lower())
     del parts
 
-    pending = [i for i, item in enumerate(sent) if not item.error]
+    pending: list[int] = []
 
-    def parts_to_store() -> Iterator[tuple[str, bytes]]:
-        # The ingest service works in batches; a part's bytes are released once handed over.
-        for i in pending:
-            data, sent[i].data = sent[i].data, b""
-            yield sent[i].name, data
+    def parts_to_store() -> Iterator[Item]:
+        # Each part is read once, here, as the ingest service asks for it: the UIDs sent are
+        # taken from that read, and the Dataset is handed on. The ingest service works in
+        # batches; a part's bytes are released once handed over.
+        for i, item in enumerate(sent):
+            dataset = _peek(item)
+            if part_types[i] not in ("", "application/dicom"):
+                item.error = f"part media type {part_types[i]} is not application/dicom"
+                item.reason_code = CANNOT_UNDERSTAND
+            elif study_uid is not None and item.study_uid and item.study_uid != study_uid:
+                item.error = (
+                    f"StudyInstanceUID {item.study_uid} does not match the study {study_uid} "
+                    "in the request URL"
+                )
+                item.reason_code = PROCESSING_FAILURE
+            if item.error:
+                continue
+            pending.append(i)
+            data, item.data = item.data, b""
+            yield item.name, data, dataset
 
     # One ingest call per request: one geometry refresh per series, however many batches.
     report = ingest_datasets_bytes(

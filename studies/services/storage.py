@@ -5,9 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
+
+# Writing, flushing and hashing release the GIL: done on these threads, they overlap with the
+# Python work on the next file (parsing, de-identification, encoding) instead of following it.
+_IO_THREADS = 2
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+_executor_lock = threading.Lock()
 
 
 def storage_root() -> Path:
@@ -26,15 +35,18 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_temp_beside(relpath: str, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the final folder; the caller makes it durable
-    (``make_durable``) and renames it."""
+def write_temp_beside(relpath: str, data: bytes, *, durable: bool = False) -> Path:
+    """Write ``data`` to a temporary file in the final folder; the caller renames it into place
+    (after ``make_durable``, unless ``durable`` already flushed it to disk)."""
     final = absolute(relpath)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -54,3 +66,35 @@ def make_durable(paths: list[Path]) -> None:
             os.close(fd)
     elif paths:
         os.sync()
+
+
+def _io_executor() -> ThreadPoolExecutor:
+    global _executor, _executor_pid
+    with _executor_lock:
+        if _executor is None or _executor_pid != os.getpid():  # not inherited across fork
+            _executor = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="ild-storage")
+            _executor_pid = os.getpid()
+        return _executor
+
+
+def sha256_hex_soon(data: bytes) -> Future[str]:
+    """``sha256_hex(data)``, computed on an I/O thread."""
+    return _io_executor().submit(sha256_hex, data)
+
+
+def write_durable_temp_soon(relpath: str, data: bytes) -> Future[Path]:
+    """``write_temp_beside(relpath, data, durable=True)`` on an I/O thread: the file is on disk
+    (fsync) when the future is done. The caller renames it into place or, via
+    ``discard_temps``, removes it."""
+    return _io_executor().submit(write_temp_beside, relpath, data, durable=True)
+
+
+def discard_temps(writes: list[Future[Path]]) -> None:
+    """Wait for background writes and remove the temporary files they made (failed writes
+    have removed theirs)."""
+    for write in writes:
+        try:
+            path = write.result()
+        except BaseException:  # a failed write left nothing behind
+            continue
+        path.unlink(missing_ok=True)

@@ -1,0 +1,111 @@
+"""The ingest service's own encoder (``ingest.encode``) writes what pydicom's ``save_as`` writes,
+byte for byte, and STOW-RS reads each part once."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+from studies.services import ingest
+from tests.dicom_builders import ct_slice, to_bytes
+
+
+def pydicom_encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def both(dataset: Dataset) -> tuple[bytes, bytes]:
+    return ingest.encode(copy.deepcopy(dataset)), pydicom_encode(copy.deepcopy(dataset))
+
+
+def rich_slice(**kwargs) -> Dataset:
+    ds = ct_slice(study_uid="1.2.3.4", series_uid="1.2.3.4.5", index=3, **kwargs)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.WindowCenter = ["-600", "40"]
+    ds.WindowWidth = 1500.0
+    ds.PatientName = "Müller^Jörg"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.InstitutionName = "Hôpital"
+    ds.ReferencedImageSequence = Sequence([Dataset(), Dataset()])
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.9"
+    ds.ReferencedImageSequence[1].ReferencedSOPInstanceUID = "1.2.3.10"
+    ds.ReferencedImageSequence[1].is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence.is_undefined_length = True
+    ds.add_new(0x00181150, "IS", 120)  # ExposureTime, a number without original string
+    ds.add_new(0x00280106, "US", [0, 5])  # multi-valued binary numbers
+    ds.add_new(0x00181160, "SH", "")  # empty
+    ds.add_new(0x00091010, "LO", "private")
+    return ds
+
+
+def test_built_slices_encode_like_pydicom():
+    ds = rich_slice()
+    fast, slow = both(ds)
+    assert fast == slow
+
+
+def test_read_back_and_deidentified_slices_encode_like_pydicom():
+    data = to_bytes(rich_slice())
+    read = ingest.parse_ct_instance(data)
+    assert ingest.encode(read) == pydicom_encode(ingest.parse_ct_instance(data))
+    from studies.deidentify import Deidentifier
+
+    deid = Deidentifier(b"0123456789abcdef-secret")
+    fast = ingest.encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+    slow = pydicom_encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+    assert fast == slow
+
+
+def test_implicit_vr_encodes_like_pydicom():
+    ds = rich_slice()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = pydicom_encode(copy.deepcopy(ds))
+    read = pydicom.dcmread(io.BytesIO(data))
+    assert read.original_encoding == (True, True)
+    assert ingest.encode(read) == pydicom_encode(pydicom.dcmread(io.BytesIO(data)))
+    assert both(ds)[0] == both(ds)[1]
+
+
+def test_compressed_data_is_left_to_pydicom():
+    ds = ct_slice(study_uid="1.2.3.4", series_uid="1.2.3.4.5", index=0)
+    ds.compress(RLELossless)
+    assert ingest._encode_native(copy.deepcopy(ds)) is None
+    fast, slow = both(ds)
+    assert fast == slow
+
+
+def test_real_ct_encodes_like_pydicom(real_data):
+    folder = real_data("popi-00-ct")
+    deid = ingest.make_deidentifier()
+    for path in sorted(folder.glob("*.dcm"))[:5]:
+        data = path.read_bytes()
+        assert ingest.encode(ingest.parse_ct_instance(data)) == data  # read and written back
+        fast = ingest.encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+        slow = pydicom_encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+        assert fast == slow
+
+
+@pytest.mark.django_db
+def test_stow_reads_each_part_once(api_client_for, coordinator, monkeypatch):
+    from tests.dicom_builders import ct_series_bytes
+    from tests.dicomweb_tests.test_stow import multipart, post
+
+    reads = []
+    real = pydicom.dcmread
+
+    def counting(*args, **kwargs):
+        reads.append(kwargs.get("stop_before_pixels", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    response = post(api_client_for(coordinator), "/dicomweb/studies", multipart(ct_series_bytes(3)))
+    assert response.status_code == 200
+    assert reads == [False, False, False]
