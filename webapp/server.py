@@ -27,7 +27,9 @@ Use it with ``gunicorn -c python:webapp.gunicorn_conf webapp.wsgi`` (docker, ``m
 
 from __future__ import annotations
 
+import os
 import select
+import socket
 import ssl
 import time
 from email.utils import formatdate
@@ -80,13 +82,22 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if not readable.poll(LINGER_S * 1000):
                     break  # idle: the poller watches it, as gthread does
             served += 1
-            if lane is not None and lane.serve(conn):
-                self.nr += 1
-                if self.nr >= self.max_requests:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
+            if lane is not None:
+                try:
+                    answered = lane.serve(conn)
+                except OSError as error:  # the client went away mid-answer, or the file did
+                    self.log.debug("frame lane: %s", error)
+                    return False  # gunicorn closes the connection
+                except Exception:
+                    self.log.exception("Error handling request in the frame lane")
                     return False
-                continue
+                if answered:
+                    self.nr += 1
+                    if self.nr >= self.max_requests:
+                        self.log.info("Autorestarting worker after current request.")
+                        self.alive = False
+                        return False
+                    continue
             result = super().handle(conn)
         return result
 
@@ -125,7 +136,8 @@ class FrameLane:
 
     def __init__(self, respond: Any, cfg: Any) -> None:
         self.respond = respond
-        self.scheme = "https" if cfg.is_ssl else "http"
+        self.tls = bool(cfg.is_ssl)
+        self.scheme = "https" if self.tls else "http"
         self.server_header = f"Server: {SERVER}\r\n".encode()
         self._date = (0, b"")
 
@@ -156,11 +168,11 @@ class FrameLane:
         _send(conn.sock, answer)
         return True
 
-    def _answer(self, head: bytes, conn: Any) -> list[bytes] | None:
+    def _answer(self, head: bytes, conn: Any) -> list[Any] | None:
         environ = self._environ(head, conn)
         if environ is None:
             return None
-        answer = self.respond(environ)
+        answer = self.respond(environ, file_ranges=not self.tls)
         if answer is None:
             return None
         headers, pieces = answer
@@ -171,22 +183,39 @@ class FrameLane:
         return [b"".join(lines), *pieces]
 
     def _environ(self, head: bytes, conn: Any) -> dict[str, Any] | None:
-        """The WSGI variables the fast path reads, or None for a request that is not the lane's."""
-        lines = head.split(b"\r\n")
-        request_line = lines[0].split(b" ")
-        if len(request_line) != 3 or request_line[0] != b"GET" or request_line[2] != b"HTTP/1.1":
+        """The WSGI variables the fast path reads, or None for a request that is not the lane's.
+
+        A viewer repeats the same header lines on every request of a connection: they are
+        parsed once per connection and reused while they stay byte-for-byte the same.
+        """
+        request_line, _, block = head.partition(b"\r\n")
+        method, _, rest = request_line.partition(b" ")
+        target, _, version = rest.partition(b" ")
+        if method != b"GET" or version != b"HTTP/1.1" or not target.startswith(b"/"):
             return None
-        target = request_line[1]
-        if not target.startswith(b"/") or b"?" in target or b"%" in target or b"#" in target:
+        if b"?" in target or b"%" in target or b"#" in target or b" " in target:
             return None
+        cached = getattr(conn, "_lane_headers", None)
+        if cached is not None and cached[0] == block:
+            base: dict[str, Any] = cached[1]
+        else:
+            parsed = self._headers(block, conn)
+            if parsed is None:
+                return None
+            base = parsed
+            conn._lane_headers = (block, base)
+        environ = dict(base)
+        environ["PATH_INFO"] = target.decode("ascii", "replace")
+        return environ
+
+    def _headers(self, block: bytes, conn: Any) -> dict[str, Any] | None:
         environ: dict[str, Any] = {
             "REQUEST_METHOD": "GET",
-            "PATH_INFO": target.decode("ascii", "replace"),
             "QUERY_STRING": "",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "wsgi.url_scheme": self.scheme,
         }
-        for line in lines[1:]:
+        for line in block.split(b"\r\n") if block else ():
             name, colon, value = line.partition(b":")
             name = name.lower()
             if not colon or not name or name != name.strip() or name in _NOT_FOR_LANE:
@@ -213,17 +242,58 @@ class FrameLane:
         return self._date[1]
 
 
-def _send(sock: Any, pieces: list[bytes]) -> None:
-    """Write ``pieces`` in order: gathered into few system calls where the socket allows."""
+def _send(sock: Any, pieces: list[Any]) -> None:
+    """Write ``pieces`` in order: bytes gathered into few system calls, and ``FileRange``
+    pieces (``studies.dicomweb.fastpath``) copied by the kernel from the file (``sendfile``)."""
     if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
         for piece in pieces:
-            sock.sendall(piece)
+            sock.sendall(piece if isinstance(piece, bytes) else _read(piece))
         return
+    pending: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            pending.append(piece)
+            continue
+        _send_bytes(sock, pending, more=True)
+        pending = []
+        _send_file(sock, piece)
+    _send_bytes(sock, pending, more=False)
+
+
+def _send_bytes(sock: Any, pieces: list[bytes], *, more: bool) -> None:
+    """``sendmsg`` until every byte is out; ``more``: the next bytes follow at once (MSG_MORE
+    lets the kernel fill segments across the calls)."""
+    flags = getattr(socket, "MSG_MORE", 0) if more else 0
     views = [memoryview(p) for p in pieces if p]
     while views:
-        sent = sock.sendmsg(views)
+        sent = sock.sendmsg(views, [], flags)
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
+
+
+def _send_file(sock: Any, piece: Any) -> None:
+    fd = os.open(piece.path, os.O_RDONLY)
+    try:
+        offset, left = piece.offset, piece.size
+        while left > 0:
+            sent = os.sendfile(sock.fileno(), fd, offset, left)
+            if sent == 0:
+                raise OSError(f"{piece.path} ended before its recorded Pixel Data")
+            offset += sent
+            left -= sent
+    finally:
+        os.close(fd)
+
+
+def _read(piece: Any) -> bytes:
+    fd = os.open(piece.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, piece.size, piece.offset)
+    finally:
+        os.close(fd)
+    if len(data) != piece.size:
+        raise OSError(f"{piece.path} ended before its recorded Pixel Data")
+    return data

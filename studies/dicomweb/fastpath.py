@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user
@@ -124,19 +124,22 @@ class FrameFastPath:
             return self.app(environ, start_response)
         headers, pieces = answer
         start_response("200 OK", headers)
-        return pieces
+        return cast(list[bytes], pieces)  # without file_ranges, every piece is bytes
 
-    def respond(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], list[bytes]] | None:
+    def respond(
+        self, environ: dict[str, Any], *, file_ranges: bool = False
+    ) -> tuple[list[tuple[str, str]], list[Piece]] | None:
         """The 200 response's headers and body pieces for a request answered here, else None.
 
-        Also what the server's frame lane (``webapp.server``) sends without a WSGI round trip.
+        Also what the server's frame lane (``webapp.server``) sends without a WSGI round trip;
+        with ``file_ranges`` the frames are :class:`FileRange` pieces it can ``sendfile``.
         """
         if environ.get("REQUEST_METHOD") != "GET":
             return None
         match = FRAMES_PATH.match(environ.get("PATH_INFO", ""))
         if match is None:
             return None
-        served = serve_frames(environ, match)
+        served = serve_frames(environ, match, file_ranges=file_ranges)
         if served is None:
             return None
         content_type, pieces = served
@@ -190,7 +193,9 @@ def _is_secure(environ: dict[str, Any]) -> bool:
     return bool(environ.get("wsgi.url_scheme") == "https")
 
 
-def serve_frames(environ: dict[str, Any], match: re.Match[str]) -> tuple[str, list[bytes]] | None:
+def serve_frames(
+    environ: dict[str, Any], match: re.Match[str], *, file_ranges: bool = False
+) -> tuple[str, list[Piece]] | None:
     """(Content-Type, body pieces) for a request the fast path can answer, else None."""
     if getattr(settings, "SECURE_SSL_REDIRECT", False) or not _host_allowed(environ):
         return None
@@ -207,7 +212,7 @@ def serve_frames(environ: dict[str, Any], match: re.Match[str]) -> tuple[str, li
         if plan is None or plan.decode:
             return None
         numbers = wado.parse_frame_numbers(match["frames"], number_of_frames)
-        return frames_body(path, offset, size, numbers, plan)
+        return frames_body(path, offset, size, numbers, plan, file_ranges=file_ranges)
     except (ApplicationError, AuthenticationFailed, OSError):
         return None  # Django answers it: 404, 406, 401 with the views' messages
     except Exception:
@@ -345,25 +350,52 @@ def frame_plan(accept: str | None, stored: str) -> wado.FramePlan | None:
     return plan  # type: ignore[no-any-return]
 
 
+class FileRange(NamedTuple):
+    """``size`` bytes of the file at ``path`` from ``offset``: a frame, sent without reading it."""
+
+    path: str
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+Piece = bytes | FileRange
+
+
 def frames_body(
-    path: str, offset: int, size: int, numbers: list[int], plan: wado.FramePlan
-) -> tuple[str, list[bytes]]:
-    """The frames read with one ``pread`` each, laid out as ``wado.frames_body`` does, as the
-    pieces of the body: the server writes them one after another, without joining a copy."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        frames = [os.pread(fd, size, offset + (n - 1) * size) for n in numbers]
-    finally:
-        os.close(fd)
-    if any(len(frame) != size for frame in frames):
-        raise OSError(f"{path} is shorter than its recorded Pixel Data")
+    path: str,
+    offset: int,
+    size: int,
+    numbers: list[int],
+    plan: wado.FramePlan,
+    *,
+    file_ranges: bool = False,
+) -> tuple[str, list[Piece]]:
+    """The frames laid out as ``wado.frames_body`` does, as the pieces of the body: read with
+    one ``pread`` each, or (``file_ranges``) as :class:`FileRange` pieces. The server writes
+    the pieces one after another, without joining a copy."""
+    frames: list[Piece]
+    if file_ranges:
+        if os.stat(path).st_size < offset + max(numbers) * size:
+            raise OSError(f"{path} is shorter than its recorded Pixel Data")
+        frames = [FileRange(path, offset + (n - 1) * size, size) for n in numbers]
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            frames = [os.pread(fd, size, offset + (n - 1) * size) for n in numbers]
+        finally:
+            os.close(fd)
+        if any(len(frame) != size for frame in frames):
+            raise OSError(f"{path} is shorter than its recorded Pixel Data")
     part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
     if not plan.multipart and len(frames) == 1:
         return part_type, frames
     boundary = os.urandom(16).hex()
     marker = b"--" + boundary.encode()
     header = marker + CRLF + part_header(part_type)
-    pieces: list[bytes] = []
+    pieces: list[Piece] = []
     for frame in frames:
         pieces += (header, frame, CRLF)
     pieces.append(marker + b"--" + CRLF)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -190,7 +191,7 @@ def test_send_finishes_pieces_across_partial_writes():
         def __init__(self) -> None:
             self.received = b""
 
-        def sendmsg(self, buffers):
+        def sendmsg(self, buffers, ancillary=(), flags=0):
             data = b"".join(bytes(b) for b in buffers)[:7]
             self.received += data
             return len(data)
@@ -199,3 +200,25 @@ def test_send_finishes_pieces_across_partial_writes():
     pieces = [b"HTTP/1.1 200 OK\r\n\r\n", b"", os.urandom(100), b"\r\n--end--\r\n"]
     server._send(sock, pieces)
     assert sock.received == b"".join(pieces)
+
+
+def test_send_copies_file_ranges_from_the_file(tmp_path):
+    data = os.urandom(3_000_000)  # more than a socket buffer: several sendfile calls
+    (tmp_path / "f.dcm").write_bytes(data)
+    piece = fastpath.FileRange(str(tmp_path / "f.dcm"), 1234, 2_500_000)
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+    reader = threading.Thread(target=lambda: _read_all(theirs, received))
+    reader.start()
+    try:
+        server._send(ours, [b"head", piece, b"tail"])
+    finally:
+        ours.close()
+        reader.join(10)
+        theirs.close()
+    assert bytes(received) == b"head" + data[1234 : 1234 + 2_500_000] + b"tail"
+
+
+def _read_all(sock: socket.socket, into: bytearray) -> None:
+    while chunk := sock.recv(1 << 20):
+        into += chunk
