@@ -12,3 +12,13 @@ django_application = get_wsgi_application()
 from studies.dicomweb.fastpath import FrameFastPath  # noqa: E402
 
 application = FrameFastPath(django_application)
+
+
+def _warm() -> None:
+    """Import every view (the URL configuration) now rather than on the first request."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018
+
+
+_warm()
