@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -55,10 +56,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Literal
 
+from pydicom import config
+
 # The registry pydicom.uid re-exports (without declaring it); imported from where it is defined.
 from pydicom._uid_dict import UID_dictionary
+from pydicom.charset import default_encoding, python_encoding
 from pydicom.datadict import get_entry, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -71,6 +75,8 @@ __all__ = [
     "DeidentificationResult",
     "Deidentifier",
     "is_well_known_uid",
+    "plain_charset",
+    "raw_is_canonical",
 ]
 
 METHOD_VERSION: Final = "ild-review-deid-1"
@@ -508,13 +514,30 @@ class Deidentifier:
 
     def _clean(self, ds: Dataset, walk: _Walk, *, depth: int) -> None:
         """Apply the table to every element of ``ds``, recursing into sequences."""
-        for tag in list(ds.keys()):
+        plain_text = plain_charset(ds)
+        elements = ds._dict
+        for tag in list(elements):
             tag = BaseTag(tag)
-            if _always_removed(tag):
+            removed, dictionary_vr = _tag_plan(int(tag))
+            action = self._actions.get(tag)
+            if removed or (
+                action is _Action.REMOVE and _converts_quietly(elements[tag], dictionary_vr)
+            ):
                 del ds[tag]
                 continue
+            if action is not _Action.REMOVE and action is not _Action.PSEUDONYM:
+                # Left as read (not converted) when no rule below would change it and
+                # converting and writing it again gives back the same bytes.
+                raw = elements[tag]
+                if isinstance(raw, RawDataElement):
+                    if self._kept_as_read(raw, action, dictionary_vr, plain_text):
+                        continue
+                    if action is None or action is _Action.KEEP:
+                        changed = self._changed_from_raw(raw, dictionary_vr, walk)
+                        if changed is not None:
+                            elements[tag] = changed
+                            continue
             elem = ds[tag]
-            action = self._actions.get(tag)
             if action is _Action.REMOVE:
                 del ds[tag]
             elif action is _Action.EMPTY:
@@ -531,6 +554,49 @@ class Deidentifier:
                 elem.value = self.accession_hash(original) if self._hash_accession else ""
             else:
                 self._by_vr(ds, elem, walk, depth=depth)
+
+    def _kept_as_read(
+        self, raw: RawDataElement, action: _Action | None, dictionary_vr: str, plain_text: bool
+    ) -> bool:
+        """True when the rules keep ``raw`` unchanged and its bytes are canonical."""
+        vr = dictionary_vr if raw.VR is None else raw.VR
+        if vr == "SQ" or vr == "UN":
+            return False
+        if not raw.length and not raw.value:
+            return True  # empty stays empty (emptied, dummy only if not empty, hash of "")
+        if action is not None and action is not _Action.KEEP:
+            return False
+        if vr == "TM" and not self._modified_dates:
+            return False
+        if vr == "UI" and raw.tag not in _CLASS_UID_TAGS:
+            return False  # remapped
+        return raw_is_canonical(raw, vr, plain_text)
+
+    def _changed_from_raw(
+        self, raw: RawDataElement, dictionary_vr: str, walk: _Walk
+    ) -> DataElement | None:
+        """What ``_by_vr`` makes of a UI or DA element, read from its bytes as pydicom reads
+        them (``convert_UI``, ``convert_string``) without the cost of converting; None for
+        anything else."""
+        vr = dictionary_vr if raw.VR is None else raw.VR
+        value = raw.value
+        if (
+            (vr != "UI" and (vr != "DA" or not self._modified_dates))
+            or not isinstance(value, bytes)
+            or raw.length == _UNDEFINED_LENGTH
+            or config.datetime_conversion
+        ):
+            return None
+        if vr == "UI":
+            if raw.tag in _CLASS_UID_TAGS:
+                return None
+            read = _multi_string(value.decode(default_encoding).rstrip("\0 "))
+            new = self._remap_values(read, walk)
+        else:
+            read = _multi_string(value.decode(default_encoding))
+            shifted = _shift_values(read, vr, walk.shift_days)
+            new = empty_value_for_VR(vr) if shifted is None else shifted
+        return DataElement(raw.tag, vr, new, raw.value_tell)
 
     def _by_vr(self, ds: Dataset, elem: DataElement, walk: _Walk, *, depth: int) -> None:
         """Generic rules for attributes the table does not name (or names as KEEP)."""
@@ -614,6 +680,15 @@ class Deidentifier:
             meta.MediaStorageSOPInstanceUID = self._remap_values(
                 meta.MediaStorageSOPInstanceUID, walk
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_plan(tag: int) -> tuple[bool, str]:
+    """``_always_removed(tag)`` and, when kept, the tag's dictionary VR (memoised per tag)."""
+    base = BaseTag(tag)
+    if _always_removed(base):
+        return True, ""
+    return False, str(get_entry(base)[0])
 
 
 def _always_removed(tag: BaseTag) -> bool:
@@ -730,3 +805,107 @@ def _values(value: Any) -> list[str]:
 
 def _is_empty(elem: DataElement) -> bool:
     return elem.value is None or elem.value == "" or elem.value == []
+
+
+# --- Elements left as read. A RawDataElement whose VR the generic rules leave alone is kept
+# unconverted when converting it (as ``ds[tag]`` does) and writing it again would give back the
+# same value bytes: then the stored file cannot tell, and the conversion (most of the cost of
+# de-identification) is saved. Anything else is converted as before.
+
+_PLAIN_ENCODINGS: Final = frozenset(
+    python_encoding[name]
+    for name in (
+        *("", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110"),
+        *("ISO_IR 144", "ISO_IR 127", "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 192"),
+    )
+)
+# Printable ASCII, no leading or trailing space and no space next to a value delimiter.
+_CANONICAL_TEXT_RE: Final = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
+_CANONICAL_UI_RE: Final = re.compile(rb"[0-9.]+(?:\\[0-9.]+)*")
+_TEXT_KEPT_VRS: Final = frozenset({"AE", "AS", "CS", "DS", "IS", "TM"})
+_CHARSET_TEXT_KEPT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
+# Text that pydicom decodes with a warning at worst, never an error (unlike DS, IS, SQ...).
+_QUIET_TEXT_VRS: Final = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+_BINARY_KEPT_SIZES: Final = {
+    "US": 2,
+    "SS": 2,
+    "US or SS": 2,
+    "UL": 4,
+    "SL": 4,
+    "AT": 4,
+    "FD": 8,
+    "SV": 8,
+    "UV": 8,
+    "OB": 2,
+    "OW": 2,
+    "OB or OW": 2,
+    "OD": 2,
+    "OF": 2,
+    "OL": 2,
+}
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
+
+
+def _multi_string(text: str) -> str | list[str]:
+    """``pydicom.values.multi_string``: one value, or a list of them."""
+    items = text.rstrip(" \x00").split("\\")
+    return items[0] if len(items) == 1 else items
+
+
+def plain_charset(ds: Dataset) -> bool:
+    """Whether printable ASCII reads and writes as itself in ``ds``'s character set."""
+    try:
+        encodings = ds._character_set
+    except Exception:
+        return False
+    if isinstance(encodings, str):
+        encodings = [encodings]
+    return len(encodings) == 1 and encodings[0] in _PLAIN_ENCODINGS
+
+
+def raw_is_canonical(raw: RawDataElement, vr: str, plain_text: bool) -> bool:
+    """True when ``raw``'s value bytes are exactly what pydicom writes after converting it.
+
+    ``vr``: its VR (from the dictionary for Implicit VR); ``plain_text``: ``_plain_charset``
+    of its dataset. False when unsure.
+    """
+    value = raw.value
+    if not isinstance(value, bytes) or raw.length == _UNDEFINED_LENGTH or len(value) % 2:
+        return False
+    size = _BINARY_KEPT_SIZES.get(vr)
+    if size is not None:
+        return len(value) % size == 0
+    if vr in _TEXT_KEPT_VRS or (plain_text and vr in _CHARSET_TEXT_KEPT_VRS):
+        return _canonical_text(value)
+    if vr == "UI":
+        if value.endswith(b"\x00"):
+            content = value[:-1]
+            if len(content) % 2 == 0:
+                return False  # padded although already even: pydicom would drop the pad
+        else:
+            content = value
+        return _CANONICAL_UI_RE.fullmatch(content) is not None
+    return False
+
+
+def _converts_quietly(element: Any, dictionary_vr: str) -> bool:
+    """Whether ``ds[tag]`` cannot fail on ``element``: converted already, empty, or text."""
+    if not isinstance(element, RawDataElement) or not element.length:
+        return True
+    vr = dictionary_vr if element.VR is None else element.VR
+    return vr in _QUIET_TEXT_VRS and element.length != _UNDEFINED_LENGTH
+
+
+def _canonical_text(value: bytes) -> bool:
+    if not value:
+        return True
+    content = value[:-1] if value[-1] == 0x20 else value
+    if len(content) % 2 == 0 and content is not value:
+        return False  # padded although already even: pydicom would drop the pad
+    if b"\\" in content and (b" \\" in content or b"\\ " in content):
+        return False
+    if b"\\\\" in content or content.startswith(b"\\") or content.endswith(b"\\"):
+        return False  # empty values
+    return _CANONICAL_TEXT_RE.fullmatch(content) is not None

@@ -8,13 +8,22 @@ servers' metadata).
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
+import re
+import struct
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom import config
+from pydicom.datadict import get_entry
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
+from pydicom.multival import MultiValue
+
+from studies.deidentify import plain_charset, raw_is_canonical
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +72,25 @@ def instance_dict(dataset: Dataset) -> dict[str, Any]:
     sop_uid = str(dataset.get("SOPInstanceUID", ""))
     slim = Dataset()
     bulk: dict[str, dict[str, Any]] = {}
+    fast: dict[str, dict[str, Any]] = {}
+    elements = dataset._dict
+    plain_text = plain_charset(dataset)
+    from_raw = (
+        config.settings.reading_validation_mode != config.RAISE and not config.datetime_conversion
+    )
     for tag in list(dataset.keys()):
         if tag.group in (0x0002,) or tag.element == 0x0000:
             continue  # file meta and group lengths are not part of the JSON model
+        number = int(tag)
+        if number not in _NOT_FAST:
+            raw = elements[tag]
+            if isinstance(raw, RawDataElement):
+                attribute = _raw_attribute(raw, number, plain_text) if from_raw else None
+            else:
+                attribute = _element_attribute(raw)
+            if attribute is not None:
+                fast[f"{number:08X}"] = attribute
+                continue
         try:
             element = dataset[tag]
         except Exception as exc:  # a malformed element must not lose the instance's metadata
@@ -85,11 +110,149 @@ def instance_dict(dataset: Dataset) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for tag in list(slim.keys()):
         try:
-            result[f"{int(tag):08X}"] = slim[tag].to_json_dict(None, BULK_DATA_THRESHOLD)
+            result[f"{int(tag):08X}"] = _attribute(slim[tag], from_raw)
         except Exception as exc:
             logger.debug("skipping element %s that has no JSON form: %s", tag, exc)
     result.update(bulk)
+    result.update(fast)
     return dict(sorted(result.items()))
+
+
+# ---- attributes straight from the bytes read -------------------------------------------------
+# What ``DataElement.to_json_dict`` gives for a converted element, made from a RawDataElement
+# whose bytes are canonical (``raw_is_canonical``) without converting it; None where unsure
+# (the caller then converts as before).
+
+_STRING_VRS = frozenset({"AE", "AS", "CS", "SH", "LO", "UC", "TM"})
+_BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+_BINARY_SIZES = {"H": 2, "h": 2, "L": 4, "l": 4, "f": 4, "d": 8}
+_BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV"})
+_IS_RE = re.compile(r"[+-]?[0-9]+")
+_DS_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_UI_RE = re.compile(rb"[0-9.]+(?:\\[0-9.]+)*")
+# Pixel data, and the elements ``correct_ambiguous_vr`` reads to settle other elements' VRs:
+# always by the general path.
+_NOT_FAST = frozenset(
+    {*PIXEL_DATA_TAGS, 0x00280103, 0x00280100, 0x54000110, 0x00283002, 0x00283006}
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str:
+    """The public dictionary's VR ("" when unknown)."""
+    try:
+        return str(get_entry(tag)[0])
+    except KeyError:
+        return ""
+
+
+def _attribute(element: DataElement, from_raw: bool) -> dict[str, Any]:
+    """``element.to_json_dict(None, BULK_DATA_THRESHOLD)``, sequence items (``Dataset.to_json_dict``:
+    every element, in the item's order, any error raised) by the fast paths where they apply."""
+    if element.VR != "SQ":
+        return element.to_json_dict(None, BULK_DATA_THRESHOLD)
+    return {"vr": "SQ", "Value": [_item(item, from_raw) for item in element.value]}
+
+
+def _item(item: Dataset, from_raw: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    elements = item._dict
+    plain_text = plain_charset(item)
+    for tag in list(item.keys()):
+        number = int(tag)
+        attribute = None
+        if number not in _NOT_FAST:
+            raw = elements[tag]
+            if isinstance(raw, RawDataElement):
+                attribute = _raw_attribute(raw, number, plain_text) if from_raw else None
+            else:
+                attribute = _element_attribute(raw)
+        out[f"{number:08X}"] = _attribute(item[tag], from_raw) if attribute is None else attribute
+    return out
+
+
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "TM", "SH", "LO", "LT", "ST", "UT", "UC", "UI", "UR"}
+)
+_INT_VRS = frozenset({"US", "SS", "UL", "SL", "IS", "SV", "UV"})
+_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+
+
+def _element_attribute(element: DataElement) -> dict[str, Any] | None:
+    """``element.to_json_dict`` for the common plain values; None for anything else."""
+    vr = element.VR
+    value = element.value
+    if vr in _TEXT_VRS:
+        if isinstance(value, str):
+            return {"vr": vr, "Value": [value]} if value else {"vr": vr}
+        if value is None:
+            return {"vr": vr}
+        if isinstance(value, MultiValue) and all(isinstance(v, str) for v in value):
+            return {"vr": vr, "Value": list(value)} if len(value) else {"vr": vr}
+        return None
+    if vr in _INT_VRS:
+        number: type[int] | type[float] = int
+    elif vr in _FLOAT_VRS:
+        number = float
+    else:
+        return None
+    if value is None or value == "":
+        return {"vr": vr}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"vr": vr, "Value": [number(value)]}
+    if isinstance(value, MultiValue) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        return {"vr": vr, "Value": [number(v) for v in value]} if len(value) else {"vr": vr}
+    return None
+
+
+def _raw_attribute(raw: RawDataElement, tag: int, plain_text: bool) -> dict[str, Any] | None:
+    if raw.length == 0xFFFFFFFF:
+        return None
+    vr = raw.VR
+    if vr is None:
+        if tag >> 16 & 1:  # private
+            return None
+        vr = _dictionary_vr(tag)
+    if not vr or vr == "SQ" or vr == "UN" or " " in vr:  # sequences, unknown, ambiguous
+        return None
+    value = raw.value
+    if not raw.length and not value:
+        return {"vr": vr}
+    if not isinstance(value, bytes):
+        return None
+    if vr == "UI":
+        text = value.rstrip(b"\0 ")
+        if not text or _UI_RE.fullmatch(text) is None:
+            return None
+        return {"vr": vr, "Value": text.decode("ascii").split("\\")}
+    number_format = _BINARY_FORMATS.get(vr)
+    if number_format is not None:
+        count, rest = divmod(len(value), _BINARY_SIZES[number_format])
+        if rest:
+            return None
+        return {"vr": vr, "Value": list(struct.unpack(f"<{count}{number_format}", value))}
+    if vr in _BYTES_VRS:
+        if len(value) % 2:
+            return None
+        if len(value) > BULK_DATA_THRESHOLD:
+            return None  # BulkDataURI: left to the general path
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("utf-8")}
+    if vr not in _STRING_VRS and vr not in ("DS", "IS"):
+        return None
+    if not raw_is_canonical(raw, vr, plain_text):
+        return None
+    items = value.rstrip(b" ").decode("ascii").split("\\")
+    if vr == "DS":
+        if not all(_DS_RE.fullmatch(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [float(item) for item in items]}
+    if vr == "IS":
+        if not all(_IS_RE.fullmatch(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [int(item) for item in items]}
+    return {"vr": vr, "Value": items}
 
 
 def instance_json_text(dataset: Dataset) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from concurrent.futures import Future
-from copy import deepcopy
+from copy import copy
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -552,7 +552,7 @@ def _encode_native(dataset: Dataset) -> bytes | None:
     preamble = getattr(dataset, "preamble", None)
     if preamble and len(preamble) != 128:
         return None
-    file_meta = deepcopy(meta)
+    file_meta = _copy_meta(meta)
     meta_class = file_meta.get("MediaStorageSOPClassUID", None)
     ds_class = dataset.get("SOPClassUID", None)
     if meta_class is None or (ds_class and ds_class != meta_class):
@@ -564,14 +564,45 @@ def _encode_native(dataset: Dataset) -> bytes | None:
     validate_file_meta(file_meta, enforce_standard=True)
     if "PixelData" in dataset:
         dataset["PixelData"].is_undefined_length = False  # native syntaxes are not compressed
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    head.write(preamble or b"\x00" * 128)
-    head.write(b"DICM")
-    write_file_meta_info(head, file_meta, enforce_standard=True)
-    parts = [head.getvalue()]
+    parts = [preamble or b"\x00" * 128, b"DICM", _encode_file_meta(file_meta)]
     _encode_dataset(parts, dataset, default_encoding, implicit)
     return b"".join(parts)
+
+
+def _encode_file_meta(file_meta: Any) -> bytes:
+    """``write_file_meta_info(..., enforce_standard=True)`` (``file_meta`` validated already):
+    the group written by ``_encode_dataset``, then its group length filled in."""
+    if "FileMetaInformationGroupLength" not in file_meta:
+        file_meta.FileMetaInformationGroupLength = 0
+    parts: list[bytes] = []
+    _encode_dataset(parts, file_meta, default_encoding, False)
+    body = b"".join(parts)
+    file_meta.FileMetaInformationGroupLength = len(body) - 12
+    length: list[bytes] = []
+    group_length = file_meta.get_item(0x00020000)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    written = (
+        b"".join(length)
+        if _encode_element(
+            length, buffer, BaseTag(0x00020000), group_length, [default_encoding], False
+        )
+        else b""
+    )
+    if len(written) != 12 or body[:4] != b"\x02\x00\x00\x00":
+        head = DicomBytesIO()  # not the usual UL element first: as pydicom does it
+        head.is_little_endian, head.is_implicit_VR = True, False
+        write_file_meta_info(head, file_meta, enforce_standard=True)
+        return head.getvalue()
+    return written + body[12:]
+
+
+def _copy_meta(meta: Dataset) -> Any:
+    """A copy of ``meta`` that writing may change (as ``deepcopy``, without copying values:
+    every element is copied, and a changed element gets a new value, never a changed one)."""
+    file_meta = copy(meta)
+    file_meta._dict = {tag: copy(element) for tag, element in meta._dict.items()}
+    return file_meta
 
 
 def _encode_dataset(
@@ -579,12 +610,14 @@ def _encode_dataset(
 ) -> None:
     """``write_dataset``: the elements of ``dataset`` in tag order, appended to ``out``."""
     get_item: Any = dataset.get_item
+    elements: MutableMapping[BaseTag, Any] | None = dataset._dict
     if (
         dataset.original_encoding != (implicit, True)
         or dataset.original_character_set != dataset._character_set
     ):
         dataset = correct_ambiguous_vr(dataset, True)
         get_item = dataset.__getitem__
+        elements = None
     dataset_encoding = dataset.get("SpecificCharacterSet", parent_encoding)
     encodings = convert_encodings(dataset_encoding or [default_encoding])
     buffer = DicomBytesIO()
@@ -592,7 +625,18 @@ def _encode_dataset(
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written
-        element = get_item(tag)
+        if elements is None:
+            element = get_item(tag)
+        else:
+            # ``get_item`` without its cost; it converts elements read without a value (deferred
+            # or empty), which an empty one needs only when its VR may change (UN, or unknown).
+            element = elements[tag]
+            if (
+                element.is_raw
+                and element.value is None
+                and (element.length or (not implicit and element.VR in (None, "UN")))
+            ):
+                element = get_item(tag)
         if not _encode_element(out, buffer, tag, element, encodings, implicit):
             pydicom_out = DicomBytesIO()
             pydicom_out.is_little_endian, pydicom_out.is_implicit_VR = True, implicit
@@ -613,6 +657,8 @@ def _encode_element(
     vr = element.VR
     if element.is_raw:
         value = element.value
+        if value is None and element.length == 0:
+            value = b""  # read empty: as pydicom writes it once converted (same VR)
         if not isinstance(value, bytes) or element.length == _UNDEFINED_LENGTH:
             return False
         if not implicit and (vr is None or len(vr) != 2):

@@ -93,6 +93,75 @@ def test_real_ct_encodes_like_pydicom(real_data):
         assert fast == slow
 
 
+def converted(dataset: Dataset) -> Dataset:
+    """Every element (nested ones too) converted from the bytes read, as de-identification
+    used to leave them before it learnt to keep unchanged elements as read."""
+    for element in dataset.iterall():
+        assert not element.is_raw
+    return dataset
+
+
+def odd_values_slice(implicit: bool = False) -> Dataset:
+    """Values whose bytes are not what pydicom writes back (padding, spaces): never raw-copied."""
+    ds = rich_slice()
+    ds.add_new(0x00080021, "DA", "2024.01.02")
+    ds.add_new(0x00080023, "DA", "20240102\\20240103")
+    ds.add_new(0x00080031, "TM", " 101010")
+    ds.add_new(0x00080032, "TM", "101010.5 ")
+    ds.add_new(0x00200052, "UI", "1.2.3.44 ")
+    ds.add_new(0x00081160, "IS", ["1", "2"])
+    ds.add_new(0x00080070, "LO", " Lead")
+    ds.add_new(0x00081090, "LO", "A\\B ")
+    ds.add_new(0x00180015, "CS", "CHEST ")
+    ds.add_new(0x00200011, "IS", " 7")
+    ds.add_new(0x00181120, "DS", "1.50\\ 2")
+    ds.add_new(0x00080008, "CS", ["A", "", "B"])
+    ds.add_new(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2 ")
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def raw_copy_cases(data: bytes, reader) -> None:
+    """What ingest stores for a file (parsed, de-identified, encoded with the elements left as
+    read copied) is what pydicom writes once every element is converted."""
+    deid = ingest.make_deidentifier()
+    result = deid.apply(reader(data), in_place=True).dataset
+    assert any(element.is_raw for element in result.elements())  # some were left as read
+    fast = ingest.encode(result)
+    slow = pydicom_encode(converted(deid.apply(reader(data), in_place=True).dataset))
+    assert fast == slow
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("implicit", [False, True])
+def test_raw_copied_elements_of_built_slices_encode_as_converted(implicit):
+    for ds in (rich_slice(), odd_values_slice()):
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        raw_copy_cases(pydicom_encode(ds), read)
+
+
+def test_raw_copied_elements_of_real_implicit_ct_encode_as_converted(real_data):
+    folder = real_data("popi-00-ct")
+    for path in sorted(folder.glob("*.dcm"))[::20]:
+        data = path.read_bytes()
+        assert read(data).original_encoding == (True, True)
+        raw_copy_cases(data, ingest.parse_ct_instance)
+
+
+def test_raw_copied_elements_of_real_explicit_files_encode_as_converted(real_data):
+    paths = sorted(real_data("lungmask-2slice").glob("*.dcm"))
+    paths += sorted(real_data("dcmqi-ct3slice-seg").glob("ct/*.dcm"))[:1]
+    for path in paths:
+        data = path.read_bytes()
+        raw_copy_cases(data, read)
+
+
 @pytest.mark.django_db
 def test_stow_reads_each_part_once(api_client_for, coordinator, monkeypatch):
     from tests.dicom_builders import ct_series_bytes
