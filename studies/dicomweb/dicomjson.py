@@ -82,15 +82,10 @@ def instance_dict(dataset: Dataset) -> dict[str, Any]:
         if tag.group in (0x0002,) or tag.element == 0x0000:
             continue  # file meta and group lengths are not part of the JSON model
         number = int(tag)
-        if number not in _NOT_FAST:
-            raw = elements[tag]
-            if isinstance(raw, RawDataElement):
-                attribute = _raw_attribute(raw, number, plain_text) if from_raw else None
-            else:
-                attribute = _element_attribute(raw)
-            if attribute is not None:
-                fast[f"{number:08X}"] = attribute
-                continue
+        attribute = _fast_attribute(elements[tag], number, plain_text, from_raw)
+        if attribute is not None:
+            fast[f"{number:08X}"] = attribute
+            continue
         try:
             element = dataset[tag]
         except Exception as exc:  # a malformed element must not lose the instance's metadata
@@ -154,19 +149,24 @@ def _attribute(element: DataElement, from_raw: bool) -> dict[str, Any]:
     return {"vr": "SQ", "Value": [_item(item, from_raw) for item in element.value]}
 
 
+def _fast_attribute(
+    element: Any, number: int, plain_text: bool, from_raw: bool
+) -> dict[str, Any] | None:
+    """The attribute built without pydicom's ``to_json_dict`` where that is safe, else None."""
+    if number in _NOT_FAST:
+        return None
+    if isinstance(element, RawDataElement):
+        return _raw_attribute(element, number, plain_text) if from_raw else None
+    return _element_attribute(element)
+
+
 def _item(item: Dataset, from_raw: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     elements = item._dict
     plain_text = plain_charset(item)
     for tag in list(item.keys()):
         number = int(tag)
-        attribute = None
-        if number not in _NOT_FAST:
-            raw = elements[tag]
-            if isinstance(raw, RawDataElement):
-                attribute = _raw_attribute(raw, number, plain_text) if from_raw else None
-            else:
-                attribute = _element_attribute(raw)
+        attribute = _fast_attribute(elements[tag], number, plain_text, from_raw)
         out[f"{number:08X}"] = _attribute(item[tag], from_raw) if attribute is None else attribute
     return out
 
