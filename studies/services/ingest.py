@@ -366,7 +366,12 @@ def _insert_together(accepted: list[tuple[_Prepared, Series, Path]]) -> bool:
     """Insert the batch's rows in two statements; False (nothing inserted) on a conflict."""
     try:
         with transaction.atomic():
-            Instance.objects.bulk_create([_instance_row(i, s) for i, s, _ in accepted])
+            # One row per INSERT: a multi-row insert goes through PostgreSQL arrays (UNNEST),
+            # and quoting the stored DICOM JSON into an array literal costs more per file
+            # (about 1.5 ms, escaping every quote) than the statement a row does.
+            Instance.objects.bulk_create(
+                [_instance_row(i, s) for i, s, _ in accepted], batch_size=1
+            )
             UidMapping.objects.bulk_create(
                 [m for i, s, _ in accepted for m in _uid_mappings(i, s)], ignore_conflicts=True
             )
