@@ -74,6 +74,7 @@ from inference.segmentation.weights import (
     WeightsError,
     load_network,
     read_metadata,
+    recorded_ild_threshold,
     resolve_model_dir,
 )
 from inference.volume import Volume
@@ -414,6 +415,9 @@ class AtlasNetEngine:
         class_weights: the ``(lung, disease)`` class weights the networks were trained with;
             their prior shift is removed from the probabilities before voting (``None``: the
             probabilities are voted on as they are).
+        ild_threshold: a network votes ILD where its (prior-corrected) ILD probability
+            reaches this (0.5, the plain decision, unless the model's training chose another
+            on its validation split; see ``inference.training.train``).
 
     Raises:
         ValueError: if networks and templates differ in number or there are none.
@@ -433,7 +437,10 @@ class AtlasNetEngine:
         batch_size: int = 8,
         restrict_to_body: bool = True,
         class_weights: tuple[tuple[float, float], tuple[float, float]] | None = None,
+        ild_threshold: float = 0.5,
     ) -> None:
+        if not 0.0 < ild_threshold < 1.0:
+            raise ValueError(f"ild_threshold must be in (0, 1), got {ild_threshold}")
         if not networks or len(networks) != len(templates):
             raise ValueError(
                 f"AtlasNet needs one network per template, got {len(networks)} and {len(templates)}"
@@ -453,6 +460,7 @@ class AtlasNetEngine:
         self.batch_size = batch_size
         self.restrict_to_body = restrict_to_body
         self.class_weights = class_weights
+        self.ild_threshold = ild_threshold
         self._coarse: dict[int, tuple[Volume, Volume]] = {}
 
     @property
@@ -486,6 +494,9 @@ class AtlasNetEngine:
                 )
             )
         options.setdefault("class_weights", training_class_weights(metadata.training))
+        threshold = recorded_ild_threshold(metadata.training)
+        if threshold is not None:
+            options.setdefault("ild_threshold", threshold)
         return cls(
             networks,
             templates,
@@ -520,6 +531,7 @@ class AtlasNetEngine:
             "class_weights_removed": [list(w) for w in self.class_weights]
             if self.class_weights
             else None,
+            "ild_threshold": self.ild_threshold,
             "device": self.device,
         }
 
@@ -588,6 +600,9 @@ class AtlasNetEngine:
         lung_sum = np.zeros(shape, np.uint16) if even else None
         ild_sum = np.zeros(shape, np.uint16) if even else None
         timings.update({"warp": 0.0, "network": 0.0, "map_back": 0.0})
+        # Voting on disease probability + (0.5 - threshold) puts the cut, and the tie-break on
+        # mean probability, at the threshold.
+        ild_shift = np.float32(0.5 - self.ild_threshold)
         for network, mapping in zip(self.networks, mappings, strict=True):
             t = time.perf_counter()
             warped = mapping.case_to_template(ct, default_value=-1024.0)
@@ -611,7 +626,7 @@ class AtlasNetEngine:
             def vote(k0: int, k1: int, values: npt.NDArray[np.float32]) -> None:
                 # A network's ILD is its disease inside its own lung (its label 2).
                 lung_p = values[..., 0]
-                ild_p = np.minimum(values[..., 0], values[..., 1])
+                ild_p = np.minimum(values[..., 0], np.clip(values[..., 1] + ild_shift, 0, 1))
                 lung_votes[k0:k1] += lung_p >= 0.5
                 ild_votes[k0:k1] += ild_p >= 0.5
                 if lung_sum is not None and ild_sum is not None:

@@ -33,6 +33,7 @@ from inference.segmentation.weights import (
     WeightsError,
     load_network,
     read_metadata,
+    recorded_ild_threshold,
     resolve_model_dir,
 )
 from inference.volume import Volume
@@ -53,6 +54,9 @@ class UNetEngine:
         restrict_to_body: no lung outside the body mask.
         class_weights: the (background, lung, ILD) class weights the network was trained with;
             their prior shift is removed before the argmax (``None``: plain argmax).
+        ild_threshold: ``None``, the argmax; else lung where P(lung) + P(ILD) ≥ 0.5 and ILD
+            inside it where P(ILD) reaches this (the cut the model's training chose on its
+            validation split; see ``inference.training.train``).
     """
 
     name = ENGINE_NAME
@@ -67,7 +71,10 @@ class UNetEngine:
         batch_size: int = 8,
         restrict_to_body: bool = True,
         class_weights: tuple[float, float, float] | None = None,
+        ild_threshold: float | None = None,
     ) -> None:
+        if ild_threshold is not None and not 0.0 < ild_threshold < 1.0:
+            raise ValueError(f"ild_threshold must be in (0, 1), got {ild_threshold}")
         self.network = network.to(device).eval()
         self.input_spec = input_spec
         self.model_version = model_version
@@ -75,6 +82,7 @@ class UNetEngine:
         self.batch_size = batch_size
         self.restrict_to_body = restrict_to_body
         self.class_weights = class_weights
+        self.ild_threshold = ild_threshold
 
     @property
     def version(self) -> str:
@@ -92,6 +100,7 @@ class UNetEngine:
             raise WeightsError(f"{folder}: a U-Net model has exactly one network")
         network = load_network(folder, metadata, metadata.networks[0], device=device)
         options.setdefault("class_weights", training_class_weights(metadata.training))
+        options.setdefault("ild_threshold", recorded_ild_threshold(metadata.training))
         return cls(
             network,
             input_spec=metadata.input_spec,
@@ -120,6 +129,7 @@ class UNetEngine:
             "in_plane_size": list(self.input_spec.in_plane_size),
             "restrict_to_body": self.restrict_to_body,
             "class_weights_removed": list(self.class_weights) if self.class_weights else None,
+            "ild_threshold": self.ild_threshold,
             "device": self.device,
         }
 
@@ -143,12 +153,18 @@ class UNetEngine:
         timings["preprocess"] = time.perf_counter() - t
 
         weights = self.class_weights
+        threshold = self.ild_threshold
 
         def keep(k0: int, k1: int, probs: list[torch.Tensor]) -> None:
             p = probs[0]
             if weights is not None:
                 p = torch.as_tensor(remove_class_weights(p, weights, axis=1))
-            labels[k0:k1] = p.argmax(dim=1).numpy().astype(np.uint8)
+            if threshold is None:
+                labels[k0:k1] = p.argmax(dim=1).numpy().astype(np.uint8)
+                return
+            lung = (p[:, 1] + p[:, 2]) >= 0.5
+            ild = lung & (p[:, 2] >= threshold)
+            labels[k0:k1] = (lung.to(torch.uint8) + ild.to(torch.uint8)).numpy()
 
         t = time.perf_counter()
         predict_slices(

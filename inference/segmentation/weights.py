@@ -257,6 +257,25 @@ class ModelMetadata:
         )
 
 
+def recorded_ild_threshold(training: Mapping[str, Any]) -> float | None:
+    """The ILD probability cut a training run chose on its validation split
+    (``training.ild_threshold.value``), or None for a model that records none.
+
+    Raises:
+        WeightsError: a value that is present but not a number strictly between 0 and 1.
+    """
+    entry = training.get("ild_threshold")
+    if entry is None:
+        return None
+    try:
+        value = float(entry["value"] if isinstance(entry, Mapping) else entry)
+    except (TypeError, ValueError, KeyError) as error:
+        raise WeightsError(f"metadata training.ild_threshold: {error}") from error
+    if not 0.0 < value < 1.0:
+        raise WeightsError(f"metadata training.ild_threshold must be in (0, 1), got {value}")
+    return value
+
+
 def sha256_file(path: Path) -> str:
     """``"sha256:<hex>"`` of a file's bytes."""
     digest = hashlib.sha256()

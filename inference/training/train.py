@@ -16,6 +16,10 @@ Following Chassagnon et al. 2020:
   in-plane to the input size, with random rotations (±10°) and translations (up to 20 px at
   512) per slice.
 * **split**: by patient group, ``validation_fraction`` (0.2) of the groups, seeded.
+* **ILD cut**: the engine's ILD probability cut (after the class-weight prior is removed) is
+  chosen on the validation split among ``ild_thresholds`` by median per-slice ILD Dice, and
+  recorded (``training.ild_threshold``, with the Dice of every cut) for the engines to use:
+  networks this small are not calibrated after the paper's 65-fold disease weight.
 * **validation Dice** (recorded in ``metadata.json``): the finished engine run on the
   validation cases in their own space — lung Dice per case, and the median (IQR) per-slice ILD
   Dice over annotated slices with ILD — plus each AtlasNet network's Dice in its template space.
@@ -69,7 +73,7 @@ from inference.training.augment import RigidAugmentation
 from inference.training.datasets import Dataset, SegmentationCase, split_cases
 from inference.volume import Volume
 
-TRAINING_VERSION = "1.0.0"
+TRAINING_VERSION = "1.1.0"
 ModelName = Literal["atlasnet", "unet"]
 Log = Callable[[str], None]
 
@@ -100,6 +104,8 @@ class TrainConfig:
         max_rotation_deg, max_translation_px: U-Net augmentation (translation at 512 px).
         registration: AtlasNet case-to-template registration.
         threads: torch CPU threads (``None``: torch's default).
+        ild_thresholds: ILD probability cuts tried on the validation split; the best (median
+            per-slice ILD Dice) is recorded and used by the engine (``()``: keep 0.5 / argmax).
     """
 
     model: ModelName = "atlasnet"
@@ -126,6 +132,7 @@ class TrainConfig:
     max_translation_px: float = 20.0
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     threads: int | None = None
+    ild_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
     def __post_init__(self) -> None:
         if self.model not in ("atlasnet", "unet"):
@@ -453,6 +460,41 @@ def _native_validation(
     return {"cases": [c.case_id for c in cases], **_rounded(summary)}
 
 
+def choose_ild_threshold(
+    predict_at: Callable[[float, SegmentationCase], npt.NDArray[np.uint8]],
+    cases: Sequence[SegmentationCase],
+    thresholds: Sequence[float],
+) -> dict[str, Any] | None:
+    """The ILD probability cut with the best median per-slice ILD Dice on ``cases``.
+
+    Small CPU-scale networks trained with the paper's heavy disease weight are not calibrated
+    after the prior correction; the cut is chosen on the validation split, as the worsening
+    classifier's is, and ties go to the cut nearest 0.5. None without validation cases or
+    without a validation slice that has ILD.
+
+    Returns:
+        ``{"value", "chosen_on", "median_slice_dice": {cut: dice}}``.
+    """
+    if not cases or not thresholds:
+        return None
+    truths = [np.asarray(c.labels.array) for c in cases]
+    valids = [c.annotated for c in cases]
+    scores: dict[float, float] = {}
+    for cut in thresholds:
+        preds = [predict_at(cut, c) for c in cases]
+        score = slice_dice_summary(preds, truths, valids)["dice_ild_median_slice"]
+        if not math.isnan(score):
+            scores[cut] = score
+    if not scores:
+        return None
+    best = max(scores, key=lambda cut: (round(scores[cut], 6), -abs(cut - 0.5)))
+    return {
+        "value": best,
+        "chosen_on": "validation",
+        "median_slice_dice": {f"{cut:g}": round(v, 4) for cut, v in scores.items()},
+    }
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -573,6 +615,13 @@ def train_atlasnet(
         result = engine.predict_ensemble(case.ct, mappings=val_mappings[case.case_id]).result
         return np.asarray(result.label_map.array)
 
+    def predict_at(cut: float, case: SegmentationCase) -> npt.NDArray[np.uint8]:
+        engine.ild_threshold = cut
+        return predict(case)
+
+    ild_threshold = choose_ild_threshold(predict_at, validation, config.ild_thresholds)
+    engine.ild_threshold = ild_threshold["value"] if ild_threshold else 0.5
+    log(f"AtlasNet ILD cut: {ild_threshold}")
     validation_summary = _native_validation(predict, validation)
     validation_summary["per_template"] = template_validation
     seconds["validate"] += time.perf_counter() - start
@@ -602,6 +651,7 @@ def train_atlasnet(
             "validation_cases": [c.case_id for c in validation],
             "config": config.as_dict(),
             "training_code": TRAINING_VERSION,
+            "ild_threshold": ild_threshold,
             "histories": histories,
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "torch": torch.__version__,
@@ -669,9 +719,15 @@ def train_unet(
         device=config.device,
         class_weights=config.unet_class_weights,
     )
-    validation_summary = _native_validation(
-        lambda case: np.asarray(engine.predict(case.ct).label_map.array), validation
-    )
+
+    def predict_at(cut: float | None, case: SegmentationCase) -> npt.NDArray[np.uint8]:
+        engine.ild_threshold = cut
+        return np.asarray(engine.predict(case.ct).label_map.array)
+
+    ild_threshold = choose_ild_threshold(predict_at, validation, config.ild_thresholds)
+    log(f"U-Net ILD cut: {ild_threshold}")
+    chosen = ild_threshold["value"] if ild_threshold else None
+    validation_summary = _native_validation(lambda case: predict_at(chosen, case), validation)
     seconds["validate"] = time.perf_counter() - start
     metadata = ModelMetadata(
         model="unet",
@@ -690,6 +746,7 @@ def train_unet(
                 "max_translation_px_at_512": config.max_translation_px,
             },
             "training_code": TRAINING_VERSION,
+            "ild_threshold": ild_threshold,
             "histories": [history],
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "torch": torch.__version__,

@@ -404,3 +404,66 @@ def test_the_segment_cli_runs_a_network_engine(
     ]
     assert segment.main(missing) == 3
     assert "train_segmentation" in capsys.readouterr().err
+
+
+def test_the_ild_cut_decides_where_a_network_calls_ild(cases: list[SegmentationCase]) -> None:
+    templates = [make_template(cases[0], SIZE)]
+    ct = cases[1].ct
+    weights = ((1.0, 4.0), (1.0, 65.0))  # corrected disease p ≈ 0.12 everywhere
+
+    def atlas_labels(cut: float) -> np.ndarray:
+        engine = AtlasNetEngine(
+            [ConstantSegNet()],
+            templates,
+            input_spec=SPEC,
+            registration=REGISTRATION,
+            class_weights=weights,
+            ild_threshold=cut,
+        )
+        result = engine.predict_ensemble(ct, mappings=mappings).result
+        assert result.parameters["ild_threshold"] == cut
+        return np.asarray(result.label_map.array)
+
+    mappings = AtlasNetEngine(
+        [ConstantSegNet()], templates, input_spec=SPEC, registration=REGISTRATION
+    ).map_case(ct)
+    low, high = atlas_labels(0.1), atlas_labels(0.15)
+    assert np.array_equal(low > 0, high > 0)  # the lung does not move with the cut
+    # ILD in the whole lung under the cut (but a rim at the template grid's edge, where the
+    # mapped-back probability fades), none above it
+    assert (low == 2).sum() >= 0.99 * (low > 0).sum() > 0 and not (high == 2).any()
+
+    # U-Net, corrected softmax (0.26, 0.58, 0.16): lung everywhere, ILD only under a cut ≤ 0.16
+    unet_ct = cases[0].ct
+    argmax = UNetEngine(ConstantUNet(), input_spec=SPEC, class_weights=(1.0, 4.0, 65.0))
+    plain = np.asarray(argmax.predict(unet_ct).label_map.array)
+    for cut, ild in ((0.15, True), (0.2, False)):
+        engine = UNetEngine(
+            ConstantUNet(), input_spec=SPEC, class_weights=(1.0, 4.0, 65.0), ild_threshold=cut
+        )
+        result = engine.predict(unet_ct)
+        labels = np.asarray(result.label_map.array)
+        assert np.array_equal(labels > 0, plain > 0)
+        lung = labels > 0
+        assert lung.any()
+        assert (labels[lung] == 2).all() if ild else not (labels == 2).any()
+        assert result.parameters["ild_threshold"] == cut
+    with pytest.raises(ValueError, match="ild_threshold"):
+        UNetEngine(ConstantUNet(), input_spec=SPEC, ild_threshold=1.0)
+
+
+def test_the_ild_cut_is_read_from_the_model_folder(
+    cases: list[SegmentationCase], tmp_path: Path
+) -> None:
+    folder = _save_unet(tmp_path / "u")
+    assert UNetEngine.from_folder(folder).ild_threshold is None  # a model without one: argmax
+    _rewrite(folder, lambda d: d.update(training={"ild_threshold": {"value": 0.3}}))
+    assert UNetEngine.from_folder(folder).ild_threshold == 0.3
+    _rewrite(folder, lambda d: d.update(training={"ild_threshold": {"value": 1.5}}))
+    with pytest.raises(WeightsError, match="ild_threshold"):
+        UNetEngine.from_folder(folder)
+
+    atlas = _save_atlasnet(tmp_path / "a", cases)
+    assert AtlasNetEngine.from_folder(atlas).ild_threshold == 0.5
+    _rewrite(atlas, lambda d: d.update(training={"ild_threshold": {"value": 0.35}}))
+    assert AtlasNetEngine.from_folder(atlas).ild_threshold == 0.35

@@ -10,17 +10,24 @@ import pytest
 
 from inference import train_segmentation
 from inference.phantoms import write_cohort
-from inference.segmentation.atlasnet_engine import RegistrationSettings
+from inference.segmentation.atlasnet_engine import AtlasNetEngine, RegistrationSettings
+from inference.segmentation.unet_engine import UNetEngine
 from inference.segmentation.weights import METADATA_FILE, read_metadata, sha256_file
 from inference.training.datasets import (
     DatasetError,
     ExportCase,
+    SegmentationCase,
     find_cases,
     load_dataset,
     split_cases,
     write_contour_export,
 )
-from inference.training.train import TrainConfig, choose_templates, train_model
+from inference.training.train import (
+    TrainConfig,
+    choose_ild_threshold,
+    choose_templates,
+    train_model,
+)
 from inference.volume import Volume
 
 SHAPE = (8, 32, 32)
@@ -200,6 +207,37 @@ def test_training_writes_weights_and_metadata(trained: dict[str, Path], model: s
         assert len(data["templates"]) == 2
         assert data["registration"]["spacing_mm"] == 12.0
         assert len(data["validation"]["per_template"]) == 2
+    # The ILD cut chosen on the validation split is recorded, with the Dice of every cut tried,
+    # and the engine loaded from the folder uses it.
+    cut = data["training"]["ild_threshold"]
+    if cut is not None:
+        assert cut["chosen_on"] == "validation"
+        assert cut["value"] in data["training"]["config"]["ild_thresholds"]
+        assert f"{cut['value']:g}" in cut["median_slice_dice"]
+        best = max(cut["median_slice_dice"].values())
+        assert cut["median_slice_dice"][f"{cut['value']:g}"] == best
+        engine_class = AtlasNetEngine if model == "atlasnet" else UNetEngine
+        assert engine_class.from_folder(folder).ild_threshold == cut["value"]
+
+
+def test_the_ild_cut_with_the_best_validation_dice_is_chosen(cohort: Path) -> None:
+    cases = load_dataset(cohort).cases[:2]
+
+    def predict_at(cut: float, case: SegmentationCase) -> np.ndarray:
+        truth = np.asarray(case.labels.array)
+        if cut == 0.3:
+            return truth  # the right answer
+        return np.where(truth > 0, 1, 0).astype(np.uint8)  # misses every ILD voxel
+
+    chosen = choose_ild_threshold(predict_at, cases, (0.2, 0.3, 0.5))
+    assert chosen is not None and chosen["value"] == 0.3
+    assert chosen["median_slice_dice"] == {"0.2": 0.0, "0.3": 1.0, "0.5": 0.0}
+    # ties go to the cut nearest 0.5; no validation cases, no cut
+    same = choose_ild_threshold(
+        lambda cut, case: np.asarray(case.labels.array), cases, (0.2, 0.4, 0.7)
+    )
+    assert same is not None and same["value"] == 0.4
+    assert choose_ild_threshold(predict_at, [], (0.3,)) is None
 
 
 def test_a_trained_model_is_decided_without_its_class_weights_prior(
@@ -210,8 +248,6 @@ def test_a_trained_model_is_decided_without_its_class_weights_prior(
         PAPER_LUNG_WEIGHTS,
         UNET_CLASS_WEIGHTS,
     )
-    from inference.segmentation.atlasnet_engine import AtlasNetEngine
-    from inference.segmentation.unet_engine import UNetEngine
 
     # The weights the networks were trained with travel in the model folder, and the engines
     # loaded from it remove their prior shift (see inference.networks.slicewise).
