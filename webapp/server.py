@@ -45,14 +45,13 @@ MAX_TURN = 256
 #: Largest request head the lane reads; longer ones are gunicorn's.
 MAX_HEAD = 16384
 # Headers that make a request the parser's business: a body, a protocol switch, a proxy's view
-# of the client (scheme and host rules), or the end of the connection.
+# of the client (scheme and host rules). ``Connection`` is the lane's only as ``keep-alive``.
 _NOT_FOR_LANE = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
         b"expect",
         b"upgrade",
-        b"connection",
         b"forwarded",
         b"x-forwarded-for",
         b"x-forwarded-host",
@@ -220,6 +219,8 @@ class FrameLane:
             name = name.lower()
             if not colon or not name or name != name.strip() or name in _NOT_FOR_LANE:
                 return None  # folded or malformed lines, bodies, proxies: the parser decides
+            if name == b"connection" and value.strip().lower() != b"keep-alive":
+                return None  # close, upgrade: the parser decides
             key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
             if key in environ or "_" in name.decode("latin-1"):
                 return None  # repeated, or underscores (gunicorn's header-spoofing rules)

@@ -146,15 +146,16 @@ def test_requests_that_are_not_plain_frame_gets_reach_the_application_in_order(
         get(own, accept),  # anonymous: the views answer 401
         get(own, auth, "Accept: image/png"),  # an Accept frames cannot satisfy: 406
         get(own, auth, accept),  # lane again
+        get(own, auth, accept, "Connection: keep-alive"),  # what requests sends: lane
     ]
 
     result, responses = worker.exchange(*requests)
 
     assert result is True
-    assert [r.status for r in responses] == [200, 200, 404, 200, 200, 401, 406, 200]
-    assert worker.lane_answers == 2
+    assert [r.status for r in responses] == [200, 200, 404, 200, 200, 401, 406, 200, 200]
+    assert worker.lane_answers == 3
     assert worker.spy.calls == 3  # 404, 401, 406 came from Django
-    for response in (responses[0], responses[1], responses[3], responses[4], responses[7]):
+    for response in (*responses[:2], *responses[3:5], *responses[7:]):
         [(_, content)] = parts_of(response.getheader("Content-Type"), response.body)
         assert content == expected_pixels(0)
 
