@@ -21,9 +21,10 @@
    ``../shared/data/real``): lung volume (mL), ILD extent, and lung voxels outside the body.
 
 Results go to ``--work`` (default ``bench-out/accuracy``) as ``results.json``; models stay there.
-The default scale (8 + 4 patients of 64 x 96 x 96 voxels, 3.7 x 3.7 x 5 mm, 20 epochs) takes
-about 40 minutes on one busy CPU thread. Targets (issue #5): AtlasNet ILD Dice ≥ 0.80 and
-≥ U-Net's; lung Dice ≥ 0.97 for every engine.
+The default scale (8 + 4 patients of 64 x 96 x 96 voxels, 3.7 x 3.7 x 5 mm, 20 epochs, width
+1/8) takes about 10 minutes on one quiet CPU thread (40 on a busy one); ``--width 0.25`` about
+4 times that. Targets (issue #5): AtlasNet ILD Dice ≥ 0.80 and ≥ U-Net's; lung Dice ≥ 0.97 for
+every engine.
 """
 
 from __future__ import annotations
