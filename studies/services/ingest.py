@@ -327,9 +327,9 @@ def _ingest_batch(
             final.unlink(missing_ok=True)
         for temp, _ in moves:
             temp.unlink(missing_ok=True)
-        storage.discard_temps([w for w in writes if w not in used])
         raise
-    storage.discard_temps([w for w in writes if w not in used])
+    finally:
+        storage.discard_temps([w for w in writes if w not in used])
     return outcomes
 
 

@@ -35,37 +35,21 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_temp_beside(relpath: str, data: bytes, *, durable: bool = False) -> Path:
-    """Write ``data`` to a temporary file in the final folder; the caller renames it into place
-    (after ``make_durable``, unless ``durable`` already flushed it to disk)."""
+def write_temp_beside(relpath: str, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in the final folder and flush it to disk (fsync); the
+    caller renames it into place."""
     final = absolute(relpath)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
-
-
-def make_durable(paths: list[Path]) -> None:
-    """Flush written files to disk before they are renamed into place and indexed.
-
-    One ``sync`` for a batch costs about what one ``fsync`` costs for a single file.
-    """
-    if len(paths) == 1:
-        fd = os.open(paths[0], os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    elif paths:
-        os.sync()
 
 
 def _io_executor() -> ThreadPoolExecutor:
@@ -83,10 +67,10 @@ def sha256_hex_soon(data: bytes) -> Future[str]:
 
 
 def write_durable_temp_soon(relpath: str, data: bytes) -> Future[Path]:
-    """``write_temp_beside(relpath, data, durable=True)`` on an I/O thread: the file is on disk
-    (fsync) when the future is done. The caller renames it into place or, via
+    """``write_temp_beside(relpath, data)`` on an I/O thread: the file is on disk (fsync) when
+    the future is done. The caller renames it into place or, via
     ``discard_temps``, removes it."""
-    return _io_executor().submit(write_temp_beside, relpath, data, durable=True)
+    return _io_executor().submit(write_temp_beside, relpath, data)
 
 
 def discard_temps(writes: list[Future[Path]]) -> None:
