@@ -248,7 +248,7 @@ def _send(sock: Any, pieces: list[Any]) -> None:
     pieces (``studies.dicomweb.fastpath``) copied by the kernel from the file (``sendfile``)."""
     if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
         for piece in pieces:
-            sock.sendall(piece if isinstance(piece, bytes) else _read(piece))
+            sock.sendall(piece if isinstance(piece, bytes) else piece.read())
         return
     pending: list[bytes] = []
     for piece in pieces:
@@ -287,14 +287,3 @@ def _send_file(sock: Any, piece: Any) -> None:
             left -= sent
     finally:
         os.close(fd)
-
-
-def _read(piece: Any) -> bytes:
-    fd = os.open(piece.path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, piece.size, piece.offset)
-    finally:
-        os.close(fd)
-    if len(data) != piece.size:
-        raise OSError(f"{piece.path} ended before its recorded Pixel Data")
-    return data

@@ -360,6 +360,21 @@ class FileRange(NamedTuple):
     def __len__(self) -> int:
         return self.size
 
+    def read(self) -> bytes:
+        """The bytes, with one ``pread``.
+
+        Raises:
+            OSError: the file is shorter than the range.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, self.size, self.offset)
+        finally:
+            os.close(fd)
+        if len(data) != self.size:
+            raise OSError(f"{self.path} is shorter than its recorded Pixel Data")
+        return data
+
 
 Piece = bytes | FileRange
 
@@ -376,19 +391,14 @@ def frames_body(
     """The frames laid out as ``wado.frames_body`` does, as the pieces of the body: read with
     one ``pread`` each, or (``file_ranges``) as :class:`FileRange` pieces. The server writes
     the pieces one after another, without joining a copy."""
+    ranges = [FileRange(path, offset + (n - 1) * size, size) for n in numbers]
     frames: list[Piece]
     if file_ranges:
         if os.stat(path).st_size < offset + max(numbers) * size:
             raise OSError(f"{path} is shorter than its recorded Pixel Data")
-        frames = [FileRange(path, offset + (n - 1) * size, size) for n in numbers]
+        frames = list(ranges)
     else:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            frames = [os.pread(fd, size, offset + (n - 1) * size) for n in numbers]
-        finally:
-            os.close(fd)
-        if any(len(frame) != size for frame in frames):
-            raise OSError(f"{path} is shorter than its recorded Pixel Data")
+        frames = [r.read() for r in ranges]
     part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
     if not plan.multipart and len(frames) == 1:
         return part_type, frames
