@@ -14,6 +14,8 @@ configuration in its own process (so each peak RSS is its own):
 * ``atlasnet-cpu``: the CPU configuration, 2 templates, majority vote;
 * ``atlasnet-cpu-6``: the paper's 6-network ensemble at the CPU settings (width 1/8, 256 px,
   6 mm registration grid);
+* ``atlasnet-paper-1``: one full-width network at 512 px + its 3 mm registration (a GPU row;
+  not in the default list);
 * ``atlasnet-paper``: the paper's configuration, 6 full-width networks at 512 px, registration
   on a 3 mm grid with the backend's default iterations. On a CPU this takes hours, so unless
   ``--full-paper`` is given it is *extrapolated*: one registration and ``--paper-slices`` slices
@@ -53,6 +55,7 @@ DESCRIPTIONS = {
     "atlasnet-cpu-1": "1 AtlasNet network + its registration (width 1/8, 256 px, 6 mm grid)",
     "atlasnet-cpu": "CPU configuration: 2 networks (width 1/8, 256 px, 6 mm grid), vote",
     "atlasnet-cpu-6": "6 networks at the CPU settings (width 1/8, 256 px, 6 mm grid), vote",
+    "atlasnet-paper-1": "1 full-width network at 512 px + its 3 mm registration",
     "atlasnet-paper": "paper: 6 full-width networks at 512 px, 3 mm grid",
     "atlasnet-paper-full": "paper: 6 full-width networks at 512 px, 3 mm grid (run in full)",
 }
@@ -199,12 +202,20 @@ def _child(config: str, work: str, device: str, paper_slices: int, queue: Any) -
         out["rss_loaded_mb"] = _rss_mb()
         start, cpu_start = time.perf_counter(), time.process_time()
         result = engine.predict(ct)
-    elif config in ("atlasnet-cpu", "atlasnet-cpu-1", "atlasnet-cpu-6", "atlasnet-paper-full"):
-        name = {"atlasnet-paper-full": "atlasnet-paper", "atlasnet-cpu-6": "atlasnet-cpu-6"}.get(
-            config, "atlasnet-cpu"
-        )
+    elif config in (
+        "atlasnet-cpu",
+        "atlasnet-cpu-1",
+        "atlasnet-cpu-6",
+        "atlasnet-paper-1",
+        "atlasnet-paper-full",
+    ):
+        name = {
+            "atlasnet-paper-full": "atlasnet-paper",
+            "atlasnet-paper-1": "atlasnet-paper",
+            "atlasnet-cpu-6": "atlasnet-cpu-6",
+        }.get(config, "atlasnet-cpu")
         engine = AtlasNetEngine.from_folder(folder / "models" / name, device=device)
-        if config == "atlasnet-cpu-1":
+        if config in ("atlasnet-cpu-1", "atlasnet-paper-1"):
             engine = AtlasNetEngine(
                 engine.networks[:1],
                 engine.templates[:1],
