@@ -38,7 +38,7 @@ Arrays are ``[k, j, i]``; geometry in LPS mm; the label map is on the input CT's
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
 from inference.networks.slicewise import (
     body_mask,
@@ -57,10 +58,9 @@ from inference.networks.slicewise import (
 from inference.registration import register, resample_isotropic
 from inference.registration.base import RegistrationResult
 from inference.registration.fields import (
-    grid_points_lps,
+    check_displacement,
     invert_displacement,
-    sample_at_points,
-    sample_displacement,
+    lps_to_normalised,
 )
 from inference.segmentation.engines import (
     ILD,
@@ -209,26 +209,80 @@ def _warp_through(
     *,
     mode: Literal["bilinear", "nearest"] = "bilinear",
     consume: Any = None,
+    device: str = "cpu",
 ) -> npt.NDArray[np.float32] | None:
     """Sample ``source`` ``[1, C, k, j, i]`` at ``y + w(y)`` for every voxel ``y`` of
     ``target_grid``, ``w`` being a field on ``field_grid`` (trilinear, border-extended).
 
+    Every step runs in torch on ``device``: the target voxel indices go to the field's and the
+    source's normalised coordinates through affine maps composed once in float64, so the
+    per-point work is two ``grid_sample`` calls and one small matrix product per slab.
+
     Returns ``[k, j, i, C]`` on the target grid, or ``None`` when ``consume(k0, k1, values)``
     takes each slab instead (bounded memory).
     """
+    check_displacement(field_lps_mm, field_grid)
+    dev = torch.device(device)
+    to_source = lps_to_normalised(source_grid)
+    index_to_field = lps_to_normalised(field_grid) @ target_grid.affine_lps
+    index_to_source = to_source @ target_grid.affine_lps
+
+    def on_device(matrix: npt.NDArray[np.float64]) -> torch.Tensor:
+        return torch.as_tensor(matrix, dtype=torch.float32, device=dev)
+
+    field_linear, field_offset = (
+        on_device(index_to_field[:3, :3].T),
+        on_device(index_to_field[:3, 3]),
+    )
+    source_linear, source_offset = (
+        on_device(index_to_source[:3, :3].T),
+        on_device(index_to_source[:3, 3]),
+    )
+    displacement_linear = on_device(to_source[:3, :3].T)  # LPS mm -> normalised source units
+    field = torch.from_numpy(
+        np.ascontiguousarray(np.moveaxis(np.asarray(field_lps_mm, np.float32), -1, 0))
+    )[None].to(dev)
+    source = source.to(dev)
+    channels = int(source.shape[1])
     n_k, n_j, n_i = target_grid.shape_kji
+    jj, ii = torch.meshgrid(
+        torch.arange(n_j, device=dev, dtype=torch.float32),
+        torch.arange(n_i, device=dev, dtype=torch.float32),
+        indexing="ij",
+    )
+    plane = torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=1)  # (i, j) of one slice
     step = max(1, _SLAB_POINTS // max(1, n_j * n_i))
-    out = None if consume is not None else np.empty((n_k, n_j, n_i, source.shape[1]), np.float32)
-    for k0 in range(0, n_k, step):
-        k1 = min(n_k, k0 + step)
-        points = grid_points_lps(target_grid, k0, k1)
-        points = points + sample_displacement(field_lps_mm, field_grid, points)
-        values = sample_at_points(source, source_grid, points, mode=mode)
-        if consume is not None:
-            consume(k0, k1, values)
-        else:
-            assert out is not None
-            out[k0:k1] = values
+    out = None if consume is not None else np.empty((n_k, n_j, n_i, channels), np.float32)
+    with torch.no_grad():
+        for k0 in range(0, n_k, step):
+            k1 = min(n_k, k0 + step)
+            kk = torch.arange(k0, k1, device=dev, dtype=torch.float32)
+            index = torch.cat(
+                [
+                    plane.repeat(k1 - k0, 1),
+                    kk.repeat_interleave(plane.shape[0])[:, None],
+                ],
+                dim=1,
+            )
+            at_field = (index @ field_linear + field_offset).reshape(1, -1, 1, 1, 3)
+            shift = F.grid_sample(
+                field, at_field, mode="bilinear", padding_mode="border", align_corners=True
+            ).reshape(3, -1)
+            at_source = index @ source_linear + source_offset + shift.T @ displacement_linear
+            values = F.grid_sample(
+                source,
+                at_source.reshape(1, -1, 1, 1, 3),
+                mode=mode,
+                padding_mode="zeros",
+                align_corners=True,
+            )
+            slab = values.reshape(channels, -1).T.reshape(k1 - k0, n_j, n_i, channels)
+            result = slab.cpu().numpy()
+            if consume is not None:
+                consume(k0, k1, result)
+            else:
+                assert out is not None
+                out[k0:k1] = result
     return out
 
 
@@ -260,8 +314,11 @@ class TemplateMapping:
         *,
         interpolation: Literal["linear", "nearest"] = "linear",
         default_value: float = 0.0,
+        device: str = "cpu",
     ) -> npt.NDArray[np.float32]:
         """A volume on the case grid, resampled onto the template grid: ``[k, j, i]`` float32.
+
+        ``device`` is where the sampling runs (``"cpu"``, ``"cuda[:N]"``).
 
         Raises:
             ValueError: if ``volume`` is not on the case grid.
@@ -280,12 +337,18 @@ class TemplateMapping:
             self.coarse_template,
             self.template_grid,
             mode=mode,
+            device=device,
         )
         assert out is not None
         return out[..., 0] + np.float32(default_value)
 
     def template_to_grid(
-        self, channels: npt.NDArray[np.float32], target_grid: Volume, consume: Any
+        self,
+        channels: npt.NDArray[np.float32],
+        target_grid: Volume,
+        consume: Any,
+        *,
+        device: str = "cpu",
     ) -> None:
         """Map ``[C, k, j, i]`` values on the template grid onto ``target_grid``, slab by slab.
 
@@ -301,11 +364,14 @@ class TemplateMapping:
             self.coarse_case,
             target_grid,
             consume=consume,
+            device=device,
         )
 
-    def template_to_case(self, channels: npt.NDArray[np.float32], consume: Any) -> None:
+    def template_to_case(
+        self, channels: npt.NDArray[np.float32], consume: Any, *, device: str = "cpu"
+    ) -> None:
         """:meth:`template_to_grid` onto the case grid itself."""
-        self.template_to_grid(channels, self.case_grid, consume)
+        self.template_to_grid(channels, self.case_grid, consume, device=device)
 
 
 def map_case_to_template(
@@ -495,6 +561,10 @@ class AtlasNetEngine:
             )
         options.setdefault("class_weights", training_class_weights(metadata.training))
         threshold = recorded_ild_threshold(metadata.training)
+        if isinstance(threshold, tuple) and len(threshold) != len(networks):
+            raise WeightsError(
+                f"{folder}: metadata records {len(threshold)} ILD cuts for {len(networks)} networks"
+            )
         if threshold is not None:
             options.setdefault("ild_threshold", threshold)
         return cls(
@@ -582,61 +652,18 @@ class AtlasNetEngine:
         if len(mappings) != len(self.networks):
             raise ValueError("one mapping per template is needed")
         n = len(self.networks)
-        # Votes are counted on the case's slices at the networks' in-plane resolution (no
-        # finer than the case's own): the probabilities carry no detail beyond it, and mapping
-        # back 4x fewer points is what keeps a 512 x 512 x 400 CT within minutes on a CPU.
-        vote_grid = in_plane_grid(
-            ct,
-            (
-                min(ct.shape_kji[1], self.input_spec.in_plane_size[0]),
-                min(ct.shape_kji[2], self.input_spec.in_plane_size[1]),
-            ),
-        )
-        shape = vote_grid.shape_kji
-        lung_votes = np.zeros(shape, np.uint8)
-        ild_votes = np.zeros(shape, np.uint8)
-        # Probability sums (1/255 units) break exact ties when N is even.
-        even = n % 2 == 0
-        lung_sum = np.zeros(shape, np.uint16) if even else None
-        ild_sum = np.zeros(shape, np.uint16) if even else None
+        vote_grid = self.vote_grid(ct)
+        votes = _Votes(vote_grid.shape_kji, n)
         timings.update({"warp": 0.0, "network": 0.0, "map_back": 0.0})
-        # Voting on disease probability + (0.5 - threshold) puts the cut, and the tie-break on
-        # mean probability, at the threshold.
-        ild_shift = np.float32(0.5 - self.ild_threshold)
         for network, mapping in zip(self.networks, mappings, strict=True):
+            channels = self._template_probabilities(ct, network, mapping, timings)
             t = time.perf_counter()
-            warped = mapping.case_to_template(ct, default_value=-1024.0)
-            timings["warp"] += time.perf_counter() - t
-            t = time.perf_counter()
-            lung_p, disease_p = predict_slices(
-                network,
-                self.input_spec.normalise(warped),
-                device=self.device,
-                batch_size=self.batch_size,
+            mapping.template_to_grid(
+                channels, vote_grid, votes.consumer(self.ild_threshold), device=self.device
             )
-            del warped
-            if self.class_weights is not None:
-                lung_p = np.asarray(remove_class_weights(lung_p, self.class_weights[0]))
-                disease_p = np.asarray(remove_class_weights(disease_p, self.class_weights[1]))
-            timings["network"] += time.perf_counter() - t
-            t = time.perf_counter()
-            channels = np.stack([lung_p[1], disease_p[1]])
-            del lung_p, disease_p
-
-            def vote(k0: int, k1: int, values: npt.NDArray[np.float32]) -> None:
-                # A network's ILD is its disease inside its own lung (its label 2).
-                lung_p = values[..., 0]
-                ild_p = np.minimum(values[..., 0], np.clip(values[..., 1] + ild_shift, 0, 1))
-                lung_votes[k0:k1] += lung_p >= 0.5
-                ild_votes[k0:k1] += ild_p >= 0.5
-                if lung_sum is not None and ild_sum is not None:
-                    lung_sum[k0:k1] += np.rint(lung_p * 255).astype(np.uint16)
-                    ild_sum[k0:k1] += np.rint(ild_p * 255).astype(np.uint16)
-
-            mapping.template_to_grid(channels, vote_grid, vote)
             timings["map_back"] += time.perf_counter() - t
         t = time.perf_counter()
-        labels = self._decide(ct, vote_grid, (lung_votes, ild_votes, lung_sum, ild_sum), n)
+        labels = self._decide(ct, vote_grid, votes.counts(), n)
         timings["vote"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         result = SegmentationResult.from_label_map(
@@ -648,10 +675,77 @@ class AtlasNetEngine:
         )
         return AtlasNetPrediction(
             result=result,
-            lung_votes=vote_grid.with_array(lung_votes),
-            ild_votes=vote_grid.with_array(ild_votes),
+            lung_votes=vote_grid.with_array(votes.lung),
+            ild_votes=vote_grid.with_array(votes.ild),
             n_networks=n,
         )
+
+    def vote_grid(self, ct: Volume) -> Volume:
+        """The grid votes are counted on: the case's slices at the networks' in-plane
+        resolution (no finer than the case's own). The probabilities carry no detail beyond it,
+        and mapping back 4x fewer points is what keeps a 512 x 512 x 400 CT within minutes on a
+        CPU."""
+        return in_plane_grid(
+            ct,
+            (
+                min(ct.shape_kji[1], self.input_spec.in_plane_size[0]),
+                min(ct.shape_kji[2], self.input_spec.in_plane_size[1]),
+            ),
+        )
+
+    def _template_probabilities(
+        self,
+        ct: Volume,
+        network: torch.nn.Module,
+        mapping: TemplateMapping,
+        timings: dict[str, float],
+    ) -> npt.NDArray[np.float32]:
+        """``[2, k, j, i]`` prior-corrected P(lung), P(disease) of one network on its template."""
+        t = time.perf_counter()
+        warped = mapping.case_to_template(ct, default_value=-1024.0, device=self.device)
+        timings["warp"] = timings.get("warp", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        lung_p, disease_p = predict_slices(
+            network,
+            self.input_spec.normalise(warped),
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+        del warped
+        if self.class_weights is not None:
+            lung_p = np.asarray(remove_class_weights(lung_p, self.class_weights[0]))
+            disease_p = np.asarray(remove_class_weights(disease_p, self.class_weights[1]))
+        timings["network"] = timings.get("network", 0.0) + time.perf_counter() - t
+        return np.stack([lung_p[1], disease_p[1]])
+
+    def case_probabilities(
+        self, ct: Volume, mappings: list[TemplateMapping]
+    ) -> list[npt.NDArray[np.float32]]:
+        """Each network's ``[k, j, i, 2]`` P(lung), P(disease) on :meth:`vote_grid`.
+
+        Holds every network's maps at once: for choosing cuts on small validation cases, not
+        for whole CTs (:meth:`predict_ensemble` streams them).
+        """
+        grid = self.vote_grid(ct)
+        out = []
+        for network, mapping in zip(self.networks, mappings, strict=True):
+            channels = self._template_probabilities(ct, network, mapping, {})
+            mapped = np.empty((*grid.shape_kji, 2), np.float32)
+            mapping.template_to_grid(channels, grid, _slab_writer(mapped), device=self.device)
+            out.append(mapped)
+        return out
+
+    def labels_from_probabilities(
+        self, ct: Volume, probabilities: Sequence[npt.NDArray[np.float32]], ild_threshold: float
+    ) -> npt.NDArray[np.uint8]:
+        """The majority-vote label map of ``probabilities`` (from :meth:`case_probabilities`,
+        any subset of the networks) at ILD cut ``ild_threshold``: trying cuts without running
+        the networks again."""
+        grid = self.vote_grid(ct)
+        votes = _Votes(grid.shape_kji, len(probabilities))
+        for values in probabilities:
+            votes.consumer(ild_threshold)(0, values.shape[0], values)
+        return self._decide(ct, grid, votes.counts(), len(probabilities))
 
     def _decide(
         self,
@@ -692,6 +786,55 @@ class AtlasNetEngine:
                 ild &= keep
             labels[k0:k1] = np.where(ild, ILD, np.where(lung, LUNG, 0))
         return labels
+
+
+def _slab_writer(out: npt.NDArray[np.float32]) -> Any:
+    """``consume(k0, k1, values)`` writing each slab into ``out[k0:k1]``."""
+
+    def write(k0: int, k1: int, values: npt.NDArray[np.float32]) -> None:
+        out[k0:k1] = values
+
+    return write
+
+
+class _Votes:
+    """Lung and ILD vote counts of ``n`` networks on a grid, with probability sums (1/255
+    units) that break exact ties when ``n`` is even."""
+
+    def __init__(self, shape: tuple[int, int, int], n: int) -> None:
+        self.lung = np.zeros(shape, np.uint8)
+        self.ild = np.zeros(shape, np.uint8)
+        even = n % 2 == 0
+        self.lung_sum = np.zeros(shape, np.uint16) if even else None
+        self.ild_sum = np.zeros(shape, np.uint16) if even else None
+
+    def consumer(self, cut: float) -> Any:
+        """``consume(k0, k1, values [.., 2])`` adding one network's votes at ILD cut ``cut``."""
+        # Voting on disease probability + (0.5 - cut) puts the cut, and the tie-break on mean
+        # probability, at the cut.
+        shift = np.float32(0.5 - cut)
+
+        def vote(k0: int, k1: int, values: npt.NDArray[np.float32]) -> None:
+            # A network's ILD is its disease inside its own lung (its label 2).
+            lung_p = values[..., 0]
+            ild_p = np.minimum(lung_p, np.clip(values[..., 1] + shift, 0, 1))
+            self.lung[k0:k1] += lung_p >= 0.5
+            self.ild[k0:k1] += ild_p >= 0.5
+            if self.lung_sum is not None and self.ild_sum is not None:
+                self.lung_sum[k0:k1] += np.rint(lung_p * 255).astype(np.uint16)
+                self.ild_sum[k0:k1] += np.rint(ild_p * 255).astype(np.uint16)
+
+        return vote
+
+    def counts(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.uint16] | None,
+        npt.NDArray[np.uint16] | None,
+    ]:
+        return self.lung, self.ild, self.lung_sum, self.ild_sum
 
 
 def training_class_weights(

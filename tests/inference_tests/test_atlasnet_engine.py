@@ -20,11 +20,17 @@ from inference import segment
 from inference.networks.atlasnet import DualDecoderSegNet
 from inference.networks.unet import UNet2D
 from inference.phantoms import make_phantom
+from inference.registration.fields import (
+    grid_points_lps,
+    sample_at_points,
+    sample_displacement,
+)
 from inference.segmentation import get_engine
 from inference.segmentation.atlasnet_engine import (
     AtlasNetEngine,
     RegistrationSettings,
     _majority,
+    _warp_through,
     map_case_to_template,
 )
 from inference.segmentation.engines import EngineUnavailable
@@ -123,6 +129,96 @@ def test_a_template_maps_onto_itself_and_back(cases: list[SegmentationCase]) -> 
     channels = (np.asarray(template.labels.array) > 0).astype(np.float32)[None]
     mapping.template_to_case(channels, lambda k0, k1, v: back.append(v[..., 0]))
     assert dice(np.concatenate(back) >= 0.5, cases[0].labels.array > 0) > 0.9
+
+
+def _oblique(volume: Volume, degrees: float) -> Volume:
+    angle = math.radians(degrees)
+    rotation = np.array(
+        [
+            [math.cos(angle), -math.sin(angle), 0.0],
+            [math.sin(angle), math.cos(angle), 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+    return Volume(volume.array, volume.spacing_mm, volume.origin_lps_mm, rotation)
+
+
+def _reference_warp(
+    source: np.ndarray, source_grid: Volume, field: np.ndarray, field_grid: Volume, target: Volume
+) -> np.ndarray:
+    """Point by point, in float64 LPS millimetres: y + w(y), then the source there."""
+    points = grid_points_lps(target)
+    points = points + sample_displacement(field, field_grid, points)
+    return sample_at_points(torch.from_numpy(source)[None, None], source_grid, points)[..., 0]
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+            ],
+        ),
+    ],
+)
+def test_the_warp_samples_the_source_through_the_field(device: str) -> None:
+    rng = np.random.default_rng(5)
+    source_grid = _oblique(Volume(np.zeros((9, 20, 22), np.float32), (1.5, 1.2, 2.5)), 12.0)
+    source = rng.normal(size=source_grid.shape_kji).astype(np.float32)
+    field_grid = Volume(np.zeros((4, 6, 7), np.float32), (6.0, 6.0, 6.0), (-3.0, -2.0, 1.0))
+    field = rng.normal(scale=2.0, size=(*field_grid.shape_kji, 3)).astype(np.float32)
+    target = _oblique(Volume(np.zeros((7, 16, 18), np.float32), (1.7, 1.4, 3.0), (1, 2, 0)), -7)
+    expected = _reference_warp(source, source_grid, field, field_grid, target)
+    assert np.abs(expected).max() > 0.5  # the target overlaps the source
+    got = _warp_through(
+        torch.from_numpy(source)[None, None], source_grid, field, field_grid, target, device=device
+    )
+    assert got is not None and got.shape == (*target.shape_kji, 1)
+    np.testing.assert_allclose(got[..., 0], expected, atol=1e-4)
+    slabs: list[np.ndarray] = []
+    _warp_through(
+        torch.from_numpy(np.stack([source, -source]))[None],
+        source_grid,
+        field,
+        field_grid,
+        target,
+        consume=lambda k0, k1, values: slabs.append(values),
+        device=device,
+    )
+    both = np.concatenate(slabs)
+    np.testing.assert_allclose(both[..., 0], expected, atol=1e-4)
+    np.testing.assert_allclose(both[..., 1], -expected, atol=1e-4)
+
+
+def test_re_voting_cached_probabilities_gives_the_engines_labels(
+    cases: list[SegmentationCase],
+) -> None:
+    """Training tries ILD cuts on probabilities kept from one run of the networks; each cut
+    must give what the engine itself gives at that cut."""
+    templates = [make_template(c, SIZE) for c in cases[:2]]
+    engine = AtlasNetEngine(
+        [ThresholdSegNet(), ThresholdSegNet()],
+        templates,
+        input_spec=SPEC,
+        registration=REGISTRATION,
+        class_weights=((1.0, 4.0), (1.0, 65.0)),
+    )
+    ct = cases[2].ct
+    mappings = engine.map_case(ct)
+    probabilities = engine.case_probabilities(ct, mappings)
+    assert len(probabilities) == 2 and probabilities[0].shape == (*ct.shape_kji, 2)
+    calls = []
+    for cut in (0.02, 0.5):
+        engine.ild_threshold = cut
+        labels = engine.predict_ensemble(ct, mappings=mappings).result.label_map.array
+        again = engine.labels_from_probabilities(ct, probabilities, cut)
+        np.testing.assert_array_equal(again, labels)
+        calls.append(int(np.count_nonzero(labels == 2)))
+    assert calls[0] > calls[1] > 0  # the lower cut calls more ILD
 
 
 def test_the_ensemble_maps_predictions_back_to_the_case_grid(
