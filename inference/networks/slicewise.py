@@ -128,6 +128,7 @@ def predict_slices(
     batch_size: int = 8,
     out_size: tuple[int, int] | None = None,
     consume: Callable[[int, int, list[torch.Tensor]], None] | None = None,
+    decide: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
 ) -> list[FloatArray]:
     """Run ``network`` over normalised slices ``[K, H, W]``, softmax per output head.
 
@@ -139,6 +140,9 @@ def predict_slices(
         out_size: resample the probabilities to ``(rows, cols)`` (bilinear) before returning.
         consume: if given, called as ``consume(k0, k1, [probs [n, C, h, w] per head])`` per batch
             (on the CPU) and nothing is accumulated; the return value is then ``[]``.
+        decide: if given, applied to each batch's probabilities on ``device`` (after
+            ``out_size``); what it returns (labels, say: far fewer bytes than probabilities)
+            goes to the CPU and to ``consume`` instead.
 
     Returns:
         One ``[C, K, h, w]`` float32 array per head.
@@ -154,6 +158,8 @@ def predict_slices(
             probs = [torch.softmax(head.float(), dim=1) for head in heads]
             if out_size is not None:
                 probs = [resize_slices(p, out_size) for p in probs]
+            if decide is not None:
+                probs = decide(probs)
             probs = [p.cpu() for p in probs]
             if consume is not None:
                 consume(k0, k1, probs)

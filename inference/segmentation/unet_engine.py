@@ -155,16 +155,19 @@ class UNetEngine:
         weights = self.class_weights
         threshold = self.ild_threshold
 
-        def keep(k0: int, k1: int, probs: list[torch.Tensor]) -> None:
+        def decide(probs: list[torch.Tensor]) -> list[torch.Tensor]:
+            # On the network's device: only the labels come back.
             p = probs[0]
             if weights is not None:
                 p = torch.as_tensor(remove_class_weights(p, weights, axis=1))
             if threshold is None:
-                labels[k0:k1] = p.argmax(dim=1).numpy().astype(np.uint8)
-                return
+                return [p.argmax(dim=1).to(torch.uint8)]
             lung = (p[:, 1] + p[:, 2]) >= 0.5
             ild = lung & (p[:, 2] >= threshold)
-            labels[k0:k1] = (lung.to(torch.uint8) + ild.to(torch.uint8)).numpy()
+            return [lung.to(torch.uint8) + ild.to(torch.uint8)]
+
+        def keep(k0: int, k1: int, decided: list[torch.Tensor]) -> None:
+            labels[k0:k1] = decided[0].numpy()
 
         t = time.perf_counter()
         predict_slices(
@@ -174,6 +177,7 @@ class UNetEngine:
             batch_size=self.batch_size,
             out_size=(n_j, n_i),
             consume=keep,
+            decide=decide,
         )
         timings["network"] = time.perf_counter() - t
 
