@@ -36,7 +36,6 @@ only, no pickled code). Any failure raises :class:`WeightsError` naming the file
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -49,6 +48,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from inference.records import check_file, check_format, read_json_object, sha256_file
 
 MODEL_FORMAT = "ild-review-segmentation-model"
 FORMAT_VERSION = 1
@@ -197,15 +198,9 @@ class ModelMetadata:
             WeightsError: wrong format or version, unknown model kind or network class,
                 missing fields, labels other than the 0/1/2 convention.
         """
-        if data.get("format") != MODEL_FORMAT:
-            raise WeightsError(
-                f"{source}: 'format' must be {MODEL_FORMAT!r}, got {data.get('format')!r}"
-            )
-        if data.get("format_version") != FORMAT_VERSION:
-            raise WeightsError(
-                f"{source}: format_version {data.get('format_version')!r} is not supported "
-                f"(this code reads {FORMAT_VERSION})"
-            )
+        check_format(
+            data, source, expected=MODEL_FORMAT, version=FORMAT_VERSION, error=WeightsError
+        )
         model = data.get("model")
         if model not in MODEL_KINDS:
             raise WeightsError(f"{source}: 'model' must be one of {MODEL_KINDS}, got {model!r}")
@@ -276,15 +271,6 @@ def recorded_ild_threshold(training: Mapping[str, Any]) -> float | None:
     return value
 
 
-def sha256_file(path: Path) -> str:
-    """``"sha256:<hex>"`` of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def default_model_dir(model: str) -> Path:
     """Where ``python -m inference.train_segmentation`` puts a model by default.
 
@@ -337,12 +323,7 @@ def read_metadata(folder: Path, *, model: ModelKind | None = None) -> ModelMetad
             model of another kind, a listed file missing or with another SHA-256.
     """
     path = folder / METADATA_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{path}: cannot read model metadata: {error}") from error
-    if not isinstance(data, Mapping):
-        raise WeightsError(f"{path}: metadata must be a JSON object")
+    data = read_json_object(path, WeightsError, "model metadata")
     metadata = ModelMetadata.from_dict(data, source=str(path))
     if model is not None and metadata.model != model:
         raise WeightsError(f"{path}: this is a {metadata.model} model, not {model}")
@@ -354,14 +335,7 @@ def read_metadata(folder: Path, *, model: ModelKind | None = None) -> ModelMetad
             raise WeightsError(
                 f"{path}: file names must be plain names in the folder, got {name!r}"
             )
-        file = folder / name
-        if not file.is_file():
-            raise WeightsError(f"{path}: listed file {name} is missing")
-        expected = metadata.files.get(name)
-        if expected is None:
-            raise WeightsError(f"{path}: 'files' has no SHA-256 for {name}")
-        if sha256_file(file) != expected:
-            raise WeightsError(f"{file}: SHA-256 differs from metadata (corrupt or replaced file)")
+        check_file(folder / name, metadata.files.get(name), WeightsError)
     return metadata
 
 

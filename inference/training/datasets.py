@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference.records import check_format, read_json_object
 from inference.volume import Volume
 
 DATASET_FORMAT = "ild-review-segmentation-dataset"
@@ -186,13 +187,7 @@ def find_cases(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from error
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: must be a JSON object")
-    return data
+    return read_json_object(path, DatasetError, "the dataset description")
 
 
 def _cohort_cases(folder: Path, timepoints: Sequence[str]) -> list[CaseRef]:
@@ -232,15 +227,13 @@ def _cohort_cases(folder: Path, timepoints: Sequence[str]) -> list[CaseRef]:
 def _export_cases(folder: Path) -> list[CaseRef]:
     path = folder / DATASET_FILE
     data = _read_json(path)
-    if data.get("format") != DATASET_FORMAT:
-        raise DatasetError(
-            f"{path}: 'format' must be {DATASET_FORMAT!r}, got {data.get('format')!r}"
-        )
-    if data.get("format_version") != DATASET_FORMAT_VERSION:
-        raise DatasetError(
-            f"{path}: format_version {data.get('format_version')!r} is not supported "
-            f"(this code reads {DATASET_FORMAT_VERSION})"
-        )
+    check_format(
+        data,
+        str(path),
+        expected=DATASET_FORMAT,
+        version=DATASET_FORMAT_VERSION,
+        error=DatasetError,
+    )
     labels = {str(k): str(v) for k, v in dict(data.get("labels") or {}).items()}
     if labels != LABELS:
         raise DatasetError(f"{path}: 'labels' must be {LABELS}, got {labels}")

@@ -58,6 +58,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from inference.records import check_file, check_format, read_json_object, sha256_file
 from inference.stats.diagnostic import DiagnosticMetrics, diagnostic_metrics, roc_threshold
 from inference.volume import Volume
 from inference.worsening.template import (
@@ -666,7 +667,6 @@ def save_model(model: WorseningModel, folder: Path | str) -> Path:
 
     The version is ``1.0.0+<first 12 hex of model.pt's SHA-256>``.
     """
-    from inference.segmentation.weights import sha256_file
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -717,8 +717,6 @@ def load_model(folder: Path | str, *, device: str = "cpu") -> WorseningModel:
     Raises:
         WorseningModelError: naming the file and the field at fault.
     """
-    from inference.segmentation.weights import sha256_file
-
     root = Path(folder)
     if not root.is_dir():
         raise WorseningModelError(
@@ -729,21 +727,14 @@ def load_model(folder: Path | str, *, device: str = "cpu") -> WorseningModel:
     path = root / METADATA_FILE
     if not path.is_file():
         raise WorseningModelError(f"{root}: no {METADATA_FILE}; not a worsening model folder")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WorseningModelError(f"{path}: cannot read model metadata: {error}") from error
-    if not isinstance(data, dict):
-        raise WorseningModelError(f"{path}: metadata must be a JSON object")
-    if data.get("format") != MODEL_FORMAT:
-        raise WorseningModelError(
-            f"{path}: format is {data.get('format')!r}, expected {MODEL_FORMAT!r}"
-        )
-    if data.get("format_version") != MODEL_FORMAT_VERSION:
-        raise WorseningModelError(
-            f"{path}: format_version {data.get('format_version')!r} is not supported "
-            f"(this code reads {MODEL_FORMAT_VERSION})"
-        )
+    data = read_json_object(path, WorseningModelError, "model metadata")
+    check_format(
+        data,
+        str(path),
+        expected=MODEL_FORMAT,
+        version=MODEL_FORMAT_VERSION,
+        error=WorseningModelError,
+    )
     _require(data, "version", str, str(path))
     thresholds_raw = _require(data, "thresholds", dict, str(path))
     thresholds: dict[str, float] = {}
@@ -764,12 +755,7 @@ def load_model(folder: Path | str, *, device: str = "cpu") -> WorseningModel:
     hyper = _require(network_record, "hyperparameters", dict, f"{path} network")
     files = _require(data, "files", dict, str(path))
     weights = root / MODEL_FILE
-    if not weights.is_file():
-        raise WorseningModelError(f"{root}: weights file {MODEL_FILE} is missing")
-    if files.get(MODEL_FILE) != sha256_file(weights):
-        raise WorseningModelError(
-            f"{weights}: SHA-256 differs from metadata (corrupt or replaced file)"
-        )
+    check_file(weights, files.get(MODEL_FILE), WorseningModelError)
     template_record = _require(data, "template", dict, str(path))
     template_dir = root / str(template_record.get("folder", TEMPLATE_DIR))
     try:

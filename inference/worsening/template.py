@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference.records import check_file, check_format, read_json_object, sha256_file
 from inference.registration import RegistrationResult, register, resample_to_grid
 from inference.volume import Volume
 
@@ -281,7 +282,6 @@ class LungTemplate:
     def save(self, folder: Path | str) -> Path:
         """Write the template folder (NIfTI volumes, then ``metadata.json``); return it."""
         from inference.imageio import write_image
-        from inference.segmentation.weights import sha256_file
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,6 @@ class LungTemplate:
                 SHA-256 or a template whose voxel digest differs from the metadata.
         """
         from inference.imageio import read_image
-        from inference.segmentation.weights import sha256_file
 
         root = Path(folder)
         path = root / METADATA_FILE
@@ -324,32 +323,19 @@ class LungTemplate:
             raise TemplateError(f"no template folder at {root}")
         if not path.is_file():
             raise TemplateError(f"{root}: no {METADATA_FILE}; not a template folder")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise TemplateError(f"{path}: cannot read template metadata: {error}") from error
-        if not isinstance(data, dict):
-            raise TemplateError(f"{path}: metadata must be a JSON object")
-        if data.get("format") != TEMPLATE_FORMAT:
-            raise TemplateError(
-                f"{path}: format is {data.get('format')!r}, expected {TEMPLATE_FORMAT!r}"
-            )
-        if data.get("format_version") != TEMPLATE_FORMAT_VERSION:
-            raise TemplateError(
-                f"{path}: format_version {data.get('format_version')!r} is not supported "
-                f"(this code reads {TEMPLATE_FORMAT_VERSION})"
-            )
+        data = read_json_object(path, TemplateError, "template metadata")
+        check_format(
+            data,
+            str(path),
+            expected=TEMPLATE_FORMAT,
+            version=TEMPLATE_FORMAT_VERSION,
+            error=TemplateError,
+        )
         files = data.get("files")
         if not isinstance(files, dict):
             raise TemplateError(f"{path}: 'files' must map file names to SHA-256 digests")
         for name in (TEMPLATE_CT_FILE, TEMPLATE_LUNG_FILE):
-            file = root / name
-            if not file.is_file():
-                raise TemplateError(f"{root}: template file {name} is missing")
-            if files.get(name) != sha256_file(file):
-                raise TemplateError(
-                    f"{file}: SHA-256 differs from metadata (corrupt or replaced file)"
-                )
+            check_file(root / name, files.get(name), TemplateError)
         try:
             ct = read_image(root / TEMPLATE_CT_FILE)
             lung = read_image(root / TEMPLATE_LUNG_FILE)
