@@ -94,8 +94,26 @@ class PairCase(Protocol):
     def exact_log_jacobian(self) -> Volume: ...
 
 
+class _HasCohortTag(Protocol):
+    @property
+    def cohort_tag(self) -> str: ...
+
+
+class _Tagged:
+    """The morphologic call of a case whose cohort tag says how its ILD went."""
+
+    @property
+    def morphologic_tag(self: _HasCohortTag) -> str:
+        """``"improved"``, ``"stable"`` or ``"worse"`` (the cohort tag)."""
+        return self.cohort_tag
+
+    @property
+    def morphologic_worsening(self: _HasCohortTag) -> bool:
+        return self.cohort_tag == "worse"
+
+
 @dataclass(frozen=True)
-class CohortCase:
+class CohortCase(_Tagged):
     """One patient of a cohort folder (volumes are read on demand)."""
 
     root: Path
@@ -110,15 +128,6 @@ class CohortCase:
     @property
     def cohort_tag(self) -> str:
         return str(self.entry.get("cohort", ""))
-
-    @property
-    def morphologic_tag(self) -> str:
-        """``"improved"``, ``"stable"`` or ``"worse"`` (the cohort tag)."""
-        return self.cohort_tag
-
-    @property
-    def morphologic_worsening(self) -> bool:
-        return self.cohort_tag == "worse"
 
     @property
     def functional_worsening(self) -> bool | None:
@@ -217,20 +226,12 @@ def read_cohort(folder: Path | str) -> list[CohortCase]:
 
 
 @dataclass(frozen=True, eq=False)
-class MemoryCase:
+class MemoryCase(_Tagged):
     """One synthetic patient held in memory (no files): the pair and its labels."""
 
     case_id: str
     cohort_tag: str
     pair: Any  # inference.phantoms.PhantomPair
-
-    @property
-    def morphologic_tag(self) -> str:
-        return self.cohort_tag
-
-    @property
-    def morphologic_worsening(self) -> bool:
-        return self.cohort_tag == "worse"
 
     @property
     def functional_worsening(self) -> bool | None:
