@@ -166,6 +166,7 @@ def _ingest(
 ) -> IngestReport:
     report = IngestReport()
     deidentifier = make_deidentifier() if deidentify else None
+    known = _KnownInstances()
     batch: list[Item] = []
     for item in items:
         if isinstance(item, FileOutcome):
@@ -173,10 +174,14 @@ def _ingest(
             continue
         batch.append(item)
         if len(batch) >= BATCH_SIZE:
-            report.outcomes.extend(_ingest_batch(batch, project=project, deidentifier=deidentifier))
+            report.outcomes.extend(
+                _ingest_batch(batch, project=project, deidentifier=deidentifier, known=known)
+            )
             batch = []
     if batch:
-        report.outcomes.extend(_ingest_batch(batch, project=project, deidentifier=deidentifier))
+        report.outcomes.extend(
+            _ingest_batch(batch, project=project, deidentifier=deidentifier, known=known)
+        )
     refresh_series_geometry(report.series_uids)
     return report
 
@@ -266,15 +271,40 @@ def ingest_bytes(
     return _ingest_batch([(name, data)], project=project, deidentifier=deidentifier)[0]
 
 
+class _KnownInstances:
+    """SOP Instance UIDs already stored in each series, read once per series per ingest call:
+    a file resent with one of them is not written to disk (the check in the transaction
+    still decides, by digest, whether it is a duplicate or a conflict)."""
+
+    def __init__(self) -> None:
+        self._by_series: dict[str, set[str]] = {}
+
+    def holds(self, series_uid: str, sop_uid: str) -> bool:
+        stored = self._by_series.get(series_uid)
+        if stored is None:
+            stored = set(
+                Instance.objects.filter(series__series_instance_uid=series_uid).values_list(
+                    "sop_instance_uid", flat=True
+                )
+            )
+            self._by_series[series_uid] = stored
+        return sop_uid in stored
+
+
 def _ingest_batch(
-    items: list[Item], *, project: Project, deidentifier: Deidentifier | None
+    items: list[Item],
+    *,
+    project: Project,
+    deidentifier: Deidentifier | None,
+    known: _KnownInstances | None = None,
 ) -> list[FileOutcome]:
     """Store a batch in one transaction, files renamed into place just before the commit and
     removed again if the commit fails.
 
     Each valid file is written (and flushed to disk) to a temporary file beside its final place
-    on an I/O thread as soon as it is prepared, while the next one is prepared; files that turn
-    out not to be stored (duplicates, refusals) have their temporary file removed.
+    on an I/O thread as soon as it is prepared, while the next one is prepared, unless its SOP
+    Instance UID is already stored in its series (a resend); files that turn out not to be
+    stored (duplicates, refusals) have their temporary file removed.
 
     The rows of the batch are inserted together; when that fails on a constraint (another
     writer stored one of the same SOP Instance UIDs meanwhile), the batch is retried file by
@@ -289,7 +319,9 @@ def _ingest_batch(
     try:
         for entry in items:
             item = prepare(entry[0], entry[1], deidentifier, entry[2] if len(entry) > 2 else None)
-            if isinstance(item, _Prepared):
+            if isinstance(item, _Prepared) and not (
+                known is not None and known.holds(item.series_uid, item.sop_uid)
+            ):
                 item.write_soon = storage.write_durable_temp_soon(item.relpath, item.data)
                 writes.append(item.write_soon)
             prepared.append(item)
@@ -311,7 +343,10 @@ def _ingest_batch(
                     outcomes.append(_rejected(item, str(exc)))
                     continue
                 stored[item.sop_uid] = item.digest
-                write = cast("Future[Path]", item.write_soon)
+                write = item.write_soon
+                if write is None:  # stored when the call began, removed since: write it now
+                    write = storage.write_durable_temp_soon(item.relpath, item.data)
+                    writes.append(write)
                 temp = write.result()  # on disk (fsync) once this returns
                 used.add(write)
                 moves.append((temp, storage.absolute(item.relpath)))

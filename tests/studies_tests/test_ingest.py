@@ -38,6 +38,34 @@ def test_resending_an_identical_instance_is_a_no_op(project):
     assert Instance.objects.count() == 2
 
 
+def test_a_resent_series_is_not_written_to_disk_again(project):
+    files = ct_series_bytes(3)
+    real_write = storage.write_durable_temp_soon
+    with mock.patch.object(storage, "write_durable_temp_soon", side_effect=real_write) as write:
+        ingest_datasets_bytes(enumerate_names(files), project=project)
+        assert write.call_count == 3
+        write.reset_mock()
+        again = ingest_datasets_bytes(enumerate_names(files), project=project)
+    assert (again.stored, again.duplicate) == (0, 3)
+    assert write.call_count == 0
+    assert Instance.objects.count() == 3
+
+
+def test_a_file_whose_uid_was_stored_when_the_upload_began_but_is_gone_is_still_written(
+    project,
+):
+    files = ct_series_bytes(2)
+    # The series' stored UIDs are read once per upload; an instance deleted since then is
+    # written when its row is inserted.
+    with mock.patch("studies.services.ingest._KnownInstances.holds", return_value=True):
+        report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    assert report.stored == 2
+    for instance in Instance.objects.all():
+        stored = storage.absolute(instance.file).read_bytes()
+        assert storage.sha256_hex(stored) == instance.sha256
+    assert [p.name for p in storage.storage_root().rglob("*.part")] == []
+
+
 def test_a_different_file_under_a_known_sop_instance_uid_is_refused(project):
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
     first = to_bytes(ct_slice(study_uid=study, series_uid=series, index=0, sop_uid=sop))
