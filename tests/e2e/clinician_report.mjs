@@ -1,20 +1,10 @@
 // The clinician's longitudinal report in headless Debian chromium (playwright-core), run by
 // tests/e2e/test_clinician_report_browser.py with ILD_E2E_CONFIG (JSON) in the environment.
 // Prints one line "ILD_E2E_RESULT {...}" with what the pages showed and where the PDFs went.
-import { createRequire } from 'node:module';
+import { base, cfg, drive, log, login } from './driver.mjs';
 
-const require = createRequire(new URL('../../frontend/package.json', import.meta.url));
-const { chromium } = require('playwright-core');
-
-const cfg = JSON.parse(process.env.ILD_E2E_CONFIG);
-const base = cfg.baseUrl.replace(/\/$/, '');
 const result = { checks: {}, error: null, console: [] };
 const TIMEOUT = 30_000;
-
-const started = Date.now();
-function log(...args) {
-  console.error(`[e2e +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
-}
 
 // What a report page shows: the summary, the flags and the chart marks.
 async function readReport(page) {
@@ -35,23 +25,14 @@ async function downloadPdf(page, path) {
   return download.suggestedFilename();
 }
 
-let browser;
-try {
-  browser = await chromium.launch({
-    executablePath: cfg.chromium,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (e) => result.console.push(`pageerror: ${e.message}`));
-
+await drive(result, async (browser) => {
   log('login as the clinician');
-  await page.goto(`${base}/accounts/login/`);
-  await page.fill('input[name="username"]', cfg.username);
-  await page.fill('input[name="password"]', cfg.password);
-  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/accounts/login')), page.click('button[type="submit"]')]);
+  const { context, page } = await login(browser, cfg.username, result, {
+    viewport: { width: 1280, height: 900 },
+    acceptDownloads: true,
+    consoleErrors: false,
+  });
+  page.setDefaultTimeout(TIMEOUT);
 
   log('worsening patient: from the patient page to the report');
   await page.goto(`${base}/patients/${encodeURIComponent(cfg.worsening)}/`);
@@ -74,10 +55,4 @@ try {
   result.checks.stable = await readReport(page);
   result.checks.stable_pdf_name = await downloadPdf(page, cfg.stablePdf);
   await context.close();
-} catch (error) {
-  result.error = String(error && error.stack ? error.stack : error);
-} finally {
-  if (browser) await browser.close();
-  result.console = result.console.slice(0, 30);
-  console.log(`ILD_E2E_RESULT ${JSON.stringify(result)}`);
-}
+});

@@ -1,37 +1,12 @@
 // The reading workflow in headless Debian chromium (playwright-core), run by
 // tests/e2e/test_reading_browser.py with ILD_E2E_CONFIG (JSON) in the environment.
 // Prints one line "ILD_E2E_RESULT {...}" with checks and metrics.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { createRequire } from 'node:module';
+import { base, cfg, drive, log, login as signedIn } from './driver.mjs';
 
-const require = createRequire(new URL('../../frontend/package.json', import.meta.url));
-const { chromium } = require('playwright-core');
-
-const cfg = JSON.parse(process.env.ILD_E2E_CONFIG);
-const base = cfg.baseUrl.replace(/\/$/, '');
 const result = { checks: {}, metrics: {}, error: null, console: [] };
 const TIMEOUT = 90_000;
 
-const started = Date.now();
-function log(...args) {
-  console.error(`[e2e +${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
-}
-
-async function login(browser, username) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => result.console.push(`${username} pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') result.console.push(`${username} console: ${m.text().slice(0, 300)}`);
-  });
-  await page.goto(`${base}/accounts/login/`);
-  await page.fill('input[name="username"]', username);
-  await page.fill('input[name="password"]', cfg.password);
-  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/accounts/login')), page.click('button[type="submit"]')]);
-  return { context, page };
-}
+const login = (browser, username) => signedIn(browser, username, result, { viewport: { width: 1280, height: 860 } });
 
 async function waitViewer(page) {
   await page.waitForFunction(() => window.ild && (window.ild.ready || window.ild.error), null, { timeout: TIMEOUT });
@@ -80,15 +55,7 @@ async function goToProtocolSlice(page, sop) {
   );
 }
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ild-chromium-'));
-let browser;
-try {
-  browser = await chromium.launch({
-    executablePath: cfg.chromium,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-
+await drive(result, async (browser) => {
   // ---- Reader A: next case, first protocol slice, time to first image, scroll rate --------
   const a = await login(browser, 'reader-a');
   await a.page.goto(`${base}/reading/`);
@@ -241,11 +208,4 @@ try {
   await c.page.goto(`${base}/reading/studies/${cfg.study_id}/`);
   result.checks.coordinator_progress_submitted = (await c.page.textContent('tr[data-reader="reader-a"] .submitted'))?.trim();
   await c.context.close();
-} catch (error) {
-  result.error = String(error && error.stack ? error.stack : error);
-} finally {
-  if (browser) await browser.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
-  result.console = result.console.slice(0, 30);
-  console.log(`ILD_E2E_RESULT ${JSON.stringify(result)}`);
-}
+});
