@@ -14,6 +14,8 @@ configuration in its own process (so each peak RSS is its own):
 * ``atlasnet-cpu``: the CPU configuration, 2 templates, majority vote;
 * ``atlasnet-cpu-6``: the paper's 6-network ensemble at the CPU settings (width 1/8, 256 px,
   6 mm registration grid);
+* ``atlasnet-cpu-w4``, ``atlasnet-cpu-w2``: the CPU configuration with networks of width 1/4 and
+  1/2 (not in the default list);
 * ``atlasnet-paper-1``: one full-width network at 512 px + its 3 mm registration (a GPU row;
   not in the default list);
 * ``atlasnet-paper``: the paper's configuration, 6 full-width networks at 512 px, registration
@@ -55,6 +57,8 @@ DESCRIPTIONS = {
     "atlasnet-cpu-1": "1 AtlasNet network + its registration (width 1/8, 256 px, 6 mm grid)",
     "atlasnet-cpu": "CPU configuration: 2 networks (width 1/8, 256 px, 6 mm grid), vote",
     "atlasnet-cpu-6": "6 networks at the CPU settings (width 1/8, 256 px, 6 mm grid), vote",
+    "atlasnet-cpu-w4": "2 networks of width 1/4 (256 px, 6 mm grid), vote",
+    "atlasnet-cpu-w2": "2 networks of width 1/2 (256 px, 6 mm grid), vote",
     "atlasnet-paper-1": "1 full-width network at 512 px + its 3 mm registration",
     "atlasnet-paper": "paper: 6 full-width networks at 512 px, 3 mm grid",
     "atlasnet-paper-full": "paper: 6 full-width networks at 512 px, 3 mm grid (run in full)",
@@ -141,6 +145,8 @@ def make_models(work: Path, ct: Volume) -> None:
     for name, size, width, n, spacing, params in (
         ("atlasnet-cpu", 256, 0.125, 2, 6.0, cpu_registration_params(6.0)),
         ("atlasnet-cpu-6", 256, 0.125, 6, 6.0, cpu_registration_params(6.0)),
+        ("atlasnet-cpu-w4", 256, 0.25, 2, 6.0, cpu_registration_params(6.0)),
+        ("atlasnet-cpu-w2", 256, 0.5, 2, 6.0, cpu_registration_params(6.0)),
         ("atlasnet-paper", 512, 1.0, 6, 3.0, {}),
     ):
         folder = work / "models" / name
@@ -206,6 +212,8 @@ def _child(config: str, work: str, device: str, paper_slices: int, queue: Any) -
         "atlasnet-cpu",
         "atlasnet-cpu-1",
         "atlasnet-cpu-6",
+        "atlasnet-cpu-w4",
+        "atlasnet-cpu-w2",
         "atlasnet-paper-1",
         "atlasnet-paper-full",
     ):
@@ -213,6 +221,8 @@ def _child(config: str, work: str, device: str, paper_slices: int, queue: Any) -
             "atlasnet-paper-full": "atlasnet-paper",
             "atlasnet-paper-1": "atlasnet-paper",
             "atlasnet-cpu-6": "atlasnet-cpu-6",
+            "atlasnet-cpu-w4": "atlasnet-cpu-w4",
+            "atlasnet-cpu-w2": "atlasnet-cpu-w2",
         }.get(config, "atlasnet-cpu")
         engine = AtlasNetEngine.from_folder(folder / "models" / name, device=device)
         if config in ("atlasnet-cpu-1", "atlasnet-paper-1"):
