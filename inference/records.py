@@ -57,6 +57,27 @@ def check_format(
         )
 
 
+def read_record(
+    path: Path,
+    *,
+    expected: str,
+    version: int,
+    error: type[Exception],
+    kind: str,
+    what: str = "metadata",
+) -> dict[str, Any]:
+    """A folder's JSON record at ``path``, read, with its format and version checked.
+
+    Raises:
+        error: no such file ("not a ``kind`` folder"), unreadable, or another format or version.
+    """
+    if not path.is_file():
+        raise error(f"{path.parent}: no {path.name}; not a {kind} folder")
+    data = read_json_object(path, error, what)
+    check_format(data, str(path), expected=expected, version=version, error=error)
+    return data
+
+
 def check_file(file: Path, recorded: object, error: type[Exception]) -> None:
     """Raise ``error`` unless ``file`` exists with the SHA-256 the record gives (``recorded``).
 

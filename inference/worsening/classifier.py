@@ -58,7 +58,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from inference.records import check_file, check_format, read_json_object, sha256_file
+from inference.records import check_file, read_record, sha256_file
 from inference.stats.diagnostic import DiagnosticMetrics, diagnostic_metrics, roc_threshold
 from inference.volume import Volume
 from inference.worsening.template import (
@@ -725,15 +725,13 @@ def load_model(folder: Path | str, *, device: str = "cpu") -> WorseningModel:
             "inference.worsening.default_model(cache_dir))"
         )
     path = root / METADATA_FILE
-    if not path.is_file():
-        raise WorseningModelError(f"{root}: no {METADATA_FILE}; not a worsening model folder")
-    data = read_json_object(path, WorseningModelError, "model metadata")
-    check_format(
-        data,
-        str(path),
+    data = read_record(
+        path,
         expected=MODEL_FORMAT,
         version=MODEL_FORMAT_VERSION,
         error=WorseningModelError,
+        kind="worsening model",
+        what="model metadata",
     )
     _require(data, "version", str, str(path))
     thresholds_raw = _require(data, "thresholds", dict, str(path))

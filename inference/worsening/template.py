@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.records import check_file, check_format, read_json_object, sha256_file
+from inference.records import check_file, read_record, sha256_file
 from inference.registration import RegistrationResult, register, resample_to_grid
 from inference.volume import Volume
 
@@ -321,15 +321,13 @@ class LungTemplate:
         path = root / METADATA_FILE
         if not root.is_dir():
             raise TemplateError(f"no template folder at {root}")
-        if not path.is_file():
-            raise TemplateError(f"{root}: no {METADATA_FILE}; not a template folder")
-        data = read_json_object(path, TemplateError, "template metadata")
-        check_format(
-            data,
-            str(path),
+        data = read_record(
+            path,
             expected=TEMPLATE_FORMAT,
             version=TEMPLATE_FORMAT_VERSION,
             error=TemplateError,
+            kind="template",
+            what="template metadata",
         )
         files = data.get("files")
         if not isinstance(files, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from inference import segment
 from inference.networks.atlasnet import DualDecoderSegNet
 from inference.networks.unet import UNet2D
 from inference.phantoms import make_phantom
+from inference.records import sha256_file
 from inference.registration.fields import (
     grid_points_lps,
     sample_at_points,
@@ -43,7 +45,6 @@ from inference.segmentation.weights import (
     WeightsError,
     read_metadata,
     save_model,
-    sha256_file,
 )
 from inference.training.datasets import SegmentationCase
 from inference.training.train import make_template
@@ -194,19 +195,23 @@ def test_the_warp_samples_the_source_through_the_field(device: str) -> None:
     np.testing.assert_allclose(both[..., 1], -expected, atol=1e-4)
 
 
+def _threshold_ensemble(template_cases: list[SegmentationCase], **options: Any) -> AtlasNetEngine:
+    """Threshold networks on templates made from ``template_cases``, one each."""
+    return AtlasNetEngine(
+        [ThresholdSegNet() for _ in template_cases],
+        [make_template(c, SIZE) for c in template_cases],
+        input_spec=SPEC,
+        registration=REGISTRATION,
+        **options,
+    )
+
+
 def test_re_voting_cached_probabilities_gives_the_engines_labels(
     cases: list[SegmentationCase],
 ) -> None:
     """Training tries ILD cuts on probabilities kept from one run of the networks; each cut
     must give what the engine itself gives at that cut."""
-    templates = [make_template(c, SIZE) for c in cases[:2]]
-    engine = AtlasNetEngine(
-        [ThresholdSegNet(), ThresholdSegNet()],
-        templates,
-        input_spec=SPEC,
-        registration=REGISTRATION,
-        class_weights=((1.0, 4.0), (1.0, 65.0)),
-    )
+    engine = _threshold_ensemble(cases[:2], class_weights=((1.0, 4.0), (1.0, 65.0)))
     ct = cases[2].ct
     mappings = engine.map_case(ct)
     probabilities = engine.case_probabilities(ct, mappings)
@@ -224,14 +229,7 @@ def test_re_voting_cached_probabilities_gives_the_engines_labels(
 def test_the_ensemble_maps_predictions_back_to_the_case_grid(
     cases: list[SegmentationCase],
 ) -> None:
-    templates = [make_template(c, SIZE) for c in cases[:2]]
-    engine = AtlasNetEngine(
-        [ThresholdSegNet(), ThresholdSegNet()],
-        templates,
-        input_spec=SPEC,
-        registration=REGISTRATION,
-        model_version="test",
-    )
+    engine = _threshold_ensemble(cases[:2], model_version="test")
     ct = cases[2].ct
     prediction = engine.predict_ensemble(ct)
     result = prediction.result

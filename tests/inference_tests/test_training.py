@@ -10,9 +10,10 @@ import pytest
 
 from inference import train_segmentation
 from inference.phantoms import write_cohort
+from inference.records import sha256_file
 from inference.segmentation.atlasnet_engine import AtlasNetEngine, RegistrationSettings
 from inference.segmentation.unet_engine import UNetEngine
-from inference.segmentation.weights import METADATA_FILE, read_metadata, sha256_file
+from inference.segmentation.weights import METADATA_FILE, read_metadata
 from inference.training.datasets import (
     DatasetError,
     ExportCase,

@@ -370,7 +370,7 @@ def test_load_model_gives_clear_errors(tmp_path):
     garbage = broken("garbage")
     (garbage / "model.pt").write_bytes(b"garbage")
     meta = json.loads((garbage / "metadata.json").read_text())
-    from inference.segmentation.weights import sha256_file
+    from inference.records import sha256_file
 
     meta["files"]["model.pt"] = sha256_file(garbage / "model.pt")
     (garbage / "metadata.json").write_text(json.dumps(meta))
