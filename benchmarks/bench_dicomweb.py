@@ -18,6 +18,8 @@ a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
   keep-alive connections, each fetching frame 1 of every instance ``--frame-rounds`` times
   with OHIF's Accept header);
 * rendered PNG latency (middle slice, median);
+* (each latency series is timed after 5 untimed requests on the same connection, for both
+  servers alike);
 * peak resident memory of each server (VmHWM; ours summed over gunicorn master + workers);
 * the HTTP ceiling: frames/s from gunicorn with the same settings serving a constant frame
   from a do-nothing WSGI app, i.e. what the server and this client cost without us.
@@ -61,6 +63,7 @@ OHIF_STUDY_QUERY = (
     "&includefield=00081030%2C00080060%2C00080090%2C00100030"
 )
 STOW_BATCH = 20
+WARM_UP = 5  # untimed requests before each latency series
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -202,7 +205,12 @@ def series_instances(server: Server, study: str, series: str) -> list[str]:
     return [item["00080018"]["Value"][0] for item in items]
 
 
-def timed(fn: Any, repeats: int) -> list[float]:
+def timed(fn: Any, repeats: int, *, warm_up: int = WARM_UP) -> list[float]:
+    """Milliseconds of ``repeats`` calls, after ``warm_up`` untimed ones (a server's first
+    requests on a connection fill its caches: the same for every server, as the frame clients
+    do before their clock starts)."""
+    for _ in range(warm_up):
+        fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
