@@ -31,10 +31,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from inference.volume import GeometryError, Volume
 
@@ -101,16 +103,34 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, eq=False)
+class PipelineOutputs:
+    """What :func:`run_volumes` computed, besides the files it wrote.
+
+    Attributes:
+        summary: the ``summary.json`` content.
+        grid: the isotropic baseline grid everything below lies on.
+        displacement: ``[k, j, i, 3]`` LPS mm on ``grid`` (baseline ``x`` ↔ follow-up
+            ``x + u(x)``).
+        log_jacobian: ``log det(I + grad u)`` on ``grid``.
+        lung_mask: the baseline lung mask used (1 right, 2 left) on ``grid``.
+    """
+
+    summary: dict[str, Any]
+    grid: Volume
+    displacement: npt.NDArray[np.float32]
+    log_jacobian: Volume
+    lung_mask: Volume
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the pipeline (preprocess -> register -> postprocess -> write); returns the summary.
+    """Run the pipeline on the files the arguments name; returns the summary.
 
     Raises:
         FileNotFoundError, ValueError, GeometryError, RegistrationError: on bad input or a
             failed registration.
     """
-    from inference.imageio import read_image, write_image
-    from inference.registration import register, resample_isotropic, summarize_jacobian
-    from inference.registration.fieldio import VECTOR_FRAME, write_displacement
+    from inference.imageio import read_image
 
     params = json.loads(args.params)
     if not isinstance(params, dict):
@@ -121,36 +141,84 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with _timed(timings, "read"):
         fixed_raw = read_image(args.fixed)
         moving_raw = read_image(args.moving)
+    return run_volumes(
+        fixed_raw,
+        moving_raw,
+        Path(args.output_dir),
+        backend=args.backend,
+        spacing_mm=args.spacing_mm,
+        epsilon=args.epsilon,
+        params=params,
+        fixed_mask=args.fixed_mask,
+        moving_mask=args.moving_mask,
+        inputs={"fixed": str(args.fixed), "moving": str(args.moving)},
+        timings=timings,
+    ).summary
+
+
+def run_volumes(
+    fixed_raw: Volume,
+    moving_raw: Volume,
+    output_dir: Path,
+    *,
+    backend: str = "torch",
+    spacing_mm: float = 1.0,
+    epsilon: float = 1e-3,
+    params: dict[str, Any] | None = None,
+    fixed_mask: Path | None = None,
+    moving_mask: Path | None = None,
+    inputs: dict[str, str] | None = None,
+    timings: dict[str, float] | None = None,
+) -> PipelineOutputs:
+    """The pipeline on volumes in memory (preprocess -> register -> postprocess -> write).
+
+    Args:
+        fixed_raw, moving_raw: baseline and follow-up CT (HU), any grid.
+        output_dir: where the files of the module docstring are written.
+        backend, spacing_mm, epsilon, params: as the command line's options.
+        fixed_mask, moving_mask: lung mask files (any grid); None: the classical lung mask.
+        inputs: how the summary names the two images.
+        timings: seconds already spent (``read``), added to the summary's.
+
+    Raises:
+        ValueError, GeometryError, RegistrationError: on bad input or a failed registration.
+    """
+    from inference.imageio import read_image, write_image
+    from inference.registration import register, resample_isotropic, summarize_jacobian
+    from inference.registration.fieldio import VECTOR_FRAME, write_displacement
+
+    params = dict(params or {})
+    timings = dict(timings or {})
     with _timed(timings, "resample"):
-        fixed = resample_isotropic(fixed_raw, args.spacing_mm)
-        moving = resample_isotropic(moving_raw, args.spacing_mm)
+        fixed = resample_isotropic(fixed_raw, spacing_mm)
+        moving = resample_isotropic(moving_raw, spacing_mm)
     with _timed(timings, "lung_masks"):
-        fixed_mask, fixed_mask_source = _mask_for(fixed, args.fixed_mask, read_image)
-        moving_mask, moving_mask_source = _mask_for(moving, args.moving_mask, read_image)
-    if not np.any(fixed_mask.array):
+        fixed_lungs, fixed_mask_source = _mask_for(fixed, fixed_mask, read_image)
+        moving_lungs, moving_mask_source = _mask_for(moving, moving_mask, read_image)
+    if not np.any(fixed_lungs.array):
         raise ValueError("the baseline lung mask is empty")
     with _timed(timings, "register"):
         result = register(
             fixed,
             moving,
-            fixed_mask=fixed_mask,
-            moving_mask=moving_mask if np.any(moving_mask.array) else None,
-            backend=args.backend,
+            fixed_mask=fixed_lungs,
+            moving_mask=moving_lungs if np.any(moving_lungs.array) else None,
+            backend=backend,
             params=params,
         )
     with _timed(timings, "warp"):
         warped = result.warp(moving, interpolation="linear")
     with _timed(timings, "jacobian"):
         logjac, jac_summary = summarize_jacobian(
-            result.displacement, fixed, fixed_mask, epsilon=args.epsilon
+            result.displacement, fixed, fixed_lungs, epsilon=epsilon
         )
-    out = Path(args.output_dir)
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _timed(timings, "write"):
         write_displacement(result.displacement, fixed, out / "displacement.nii.gz")
         write_image(warped, out / "warped_followup.nii.gz")
         write_image(fixed.with_array(logjac), out / "log_jacobian.nii.gz")
-        write_image(fixed_mask, out / "lung_mask.nii.gz")
+        write_image(fixed_lungs, out / "lung_mask.nii.gz")
     summary: dict[str, Any] = {
         "tool": "inference.register",
         "backend": result.backend,
@@ -177,11 +245,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "direction": fixed.direction.tolist(),
         },
         "inputs": {
-            "fixed": str(args.fixed),
-            "moving": str(args.moving),
+            **(inputs or {"fixed": "(in memory)", "moving": "(in memory)"}),
             "fixed_mask": fixed_mask_source,
             "moving_mask": moving_mask_source,
-            "spacing_mm": args.spacing_mm,
+            "spacing_mm": spacing_mm,
         },
         "mean_log_jacobian": jac_summary.mean_log_jacobian,
         "regional_mean_log_jacobian": jac_summary.regional_mean_log_jacobian,
@@ -202,7 +269,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary = _jsonable(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+    return PipelineOutputs(
+        summary=summary,
+        grid=fixed,
+        displacement=result.displacement,
+        log_jacobian=fixed.with_array(logjac),
+        lung_mask=fixed_lungs,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

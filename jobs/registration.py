@@ -1,10 +1,10 @@
 """The registration job's work: follow-up CT onto baseline CT, log-Jacobian back on the baseline.
 
 The longitudinal pipeline itself (isotropic resampling, classical lung masks, affine + deformable
-registration, Jacobian summary) is ``inference.register.run``, called through
-:func:`run_longitudinal_pipeline` (it takes an ``argparse.Namespace`` of file paths and writes its
-outputs to a folder, so the two series are handed over as MetaImage files). This module adds
-what the viewer and the reports need on the *baseline DICOM grid*.
+registration, Jacobian summary) is ``inference.register.run_volumes``, given the two series'
+volumes in memory; it writes its files to the job's output folder and hands back the field, the
+log-Jacobian and the lung mask it computed. This module adds what the viewer and the reports need
+on the *baseline DICOM grid*.
 
 Outputs under ``Job.output_key``
 (``jobs/registration/<baseline SeriesInstanceUID>/<follow-up SeriesInstanceUID>/<backend>/``):
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,37 +60,6 @@ if TYPE_CHECKING:
 Progress = Callable[[float], None]
 
 
-def run_longitudinal_pipeline(
-    fixed: Path,
-    moving: Path,
-    output_dir: Path,
-    *,
-    backend: str,
-    spacing_mm: float,
-    epsilon: float,
-    backend_params: dict[str, Any],
-) -> dict[str, Any]:
-    """Adapter around the ``python -m inference.register`` pipeline; returns its summary.
-
-    Raises what ``inference.register.run`` raises: FileNotFoundError, ValueError,
-    GeometryError, RegistrationError (BackendUnavailableError included).
-    """
-    from inference.register import build_parser, run
-
-    args = build_parser().parse_args(
-        [
-            "--fixed", str(fixed),
-            "--moving", str(moving),
-            "--output-dir", str(output_dir),
-            "--backend", backend,
-            "--spacing-mm", repr(float(spacing_mm)),
-            "--epsilon", repr(float(epsilon)),
-            "--params", json.dumps(backend_params),
-        ]
-    )  # fmt: skip
-    return run(args)
-
-
 def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
     """Register ``job.series`` (follow-up) onto ``job.baseline_series`` and store the outputs.
 
@@ -110,7 +78,7 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
         inference.dicom.DicomSeriesError, jobs.series_volume.SliceMappingError: unusable series.
         ValueError, GeometryError, RegistrationError: from the pipeline (e.g. no lung found).
     """
-    from inference.imageio import read_image, write_image
+    from inference.register import run_volumes
 
     assert job.series is not None and job.baseline_series is not None
     backend = str(job.params.get("backend", "torch"))
@@ -126,41 +94,36 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
     timings["read"] = time.perf_counter() - start
     progress(0.1)
 
-    with staged_outputs(job) as out, tempfile.TemporaryDirectory(prefix="ild-reg-") as tmp:
-        t = time.perf_counter()
-        fixed_path = write_image(baseline.volume, Path(tmp) / "baseline.mha")
-        moving_path = write_image(followup.volume, Path(tmp) / "followup.mha")
-        timings["handover"] = time.perf_counter() - t
+    with staged_outputs(job) as out:
         progress(0.15)
-
         t = time.perf_counter()
-        summary = run_longitudinal_pipeline(
-            fixed_path,
-            moving_path,
+        pipeline = run_volumes(
+            baseline.volume,
+            followup.volume,
             out.staging,
             backend=backend,
             spacing_mm=spacing_mm,
             epsilon=epsilon,
-            backend_params=backend_params,
+            params=backend_params,
+            inputs={
+                "fixed": f"series {job.baseline_series.series_instance_uid}",
+                "moving": f"series {job.series.series_instance_uid}",
+            },
         )
+        summary = pipeline.summary
         timings["pipeline"] = time.perf_counter() - t
         progress(0.8)
 
         t = time.perf_counter()
-        logjac_iso = read_image(out.path("log_jacobian.nii.gz"))
-        lung_iso = read_image(out.path("lung_mask.nii.gz"))
+        logjac_iso, lung_iso = pipeline.log_jacobian, pipeline.lung_mask
         logjac, lung = on_baseline_grid(logjac_iso, lung_iso, baseline.volume)
         timings["to_baseline_grid"] = time.perf_counter() - t
         progress(0.88)
 
         t = time.perf_counter()
-        from inference.registration.fieldio import read_displacement
-
-        displacement, grid = read_displacement(out.path("displacement.nii.gz"))
         followup_k = followup_slice_for_baseline_slice(
-            displacement, grid, baseline.volume, lung, followup.volume
+            pipeline.displacement, pipeline.grid, baseline.volume, lung, followup.volume
         )
-        del displacement
         timings["correspondence"] = time.perf_counter() - t
         progress(0.95)
 
