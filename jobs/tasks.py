@@ -7,8 +7,12 @@ to ``gpu`` instead when ``ILD_GPU_QUEUE_ENABLED`` (an explicit queue wins over t
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
+
+from celery.signals import worker_ready
 
 from core.tasks import TransientError, task
 from jobs import services
@@ -84,3 +88,29 @@ def _retries_left() -> bool:
     if current_task is None or current_task.request.called_directly:
         return False
     return int(current_task.request.retries or 0) < int(current_task.max_retries or 0)
+
+
+@worker_ready.connect
+def build_the_default_worsening_model(**_: object) -> subprocess.Popen[bytes] | None:
+    """Start building the default worsening classifier as a worker comes up, so that a fresh
+    deployment's first registration does not wait the minute or two it takes.
+
+    The build runs in its own process (torch threads in the worker's parent would not survive
+    the pool's later forks); the worker takes jobs meanwhile, and a registration that needs the
+    model waits on the build's file lock, then loads it. Nothing is started when the classifier
+    is off or another model is configured, or when the default model is already there.
+    """
+    from django.conf import settings
+
+    from inference.worsening import default_cache_dir
+
+    if str(settings.WORSENING_CLASSIFIER or "off").strip() != "default":
+        return None
+    if (default_cache_dir() / "metadata.json").is_file():
+        return None
+    logger.info("building the default worsening classifier in %s", default_cache_dir())
+    return subprocess.Popen(
+        [sys.executable, "-c", "from inference.worsening import default_model; default_model()"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
