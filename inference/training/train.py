@@ -73,7 +73,7 @@ from inference.training.augment import RigidAugmentation
 from inference.training.datasets import Dataset, SegmentationCase, split_cases
 from inference.volume import Volume
 
-TRAINING_VERSION = "1.1.0"
+TRAINING_VERSION = "1.2.0"
 ModelName = Literal["atlasnet", "unet"]
 Log = Callable[[str], None]
 
