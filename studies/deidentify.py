@@ -60,13 +60,20 @@ from pydicom import config
 
 # The registry pydicom.uid re-exports (without declaring it); imported from where it is defined.
 from pydicom._uid_dict import UID_dictionary
-from pydicom.charset import default_encoding, python_encoding
+from pydicom.charset import default_encoding
 from pydicom.datadict import get_entry, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+
+from studies.raw_elements import (
+    UNDEFINED_LENGTH,
+    dictionary_vr,
+    plain_charset,
+    raw_is_canonical,
+)
 
 __all__ = [
     "METHOD_VERSION",
@@ -75,8 +82,6 @@ __all__ = [
     "DeidentificationResult",
     "Deidentifier",
     "is_well_known_uid",
-    "plain_charset",
-    "raw_is_canonical",
 ]
 
 METHOD_VERSION: Final = "ild-review-deid-1"
@@ -583,7 +588,7 @@ class Deidentifier:
         if (
             (vr != "UI" and (vr != "DA" or not self._modified_dates))
             or not isinstance(value, bytes)
-            or raw.length == _UNDEFINED_LENGTH
+            or raw.length == UNDEFINED_LENGTH
             or config.datetime_conversion
         ):
             return None
@@ -685,10 +690,9 @@ class Deidentifier:
 @functools.lru_cache(maxsize=4096)
 def _tag_plan(tag: int) -> tuple[bool, str]:
     """``_always_removed(tag)`` and, when kept, the tag's dictionary VR (memoised per tag)."""
-    base = BaseTag(tag)
-    if _always_removed(base):
+    if _always_removed(BaseTag(tag)):
         return True, ""
-    return False, str(get_entry(base)[0])
+    return False, dictionary_vr(tag)
 
 
 def _always_removed(tag: BaseTag) -> bool:
@@ -809,43 +813,14 @@ def _is_empty(elem: DataElement) -> bool:
 
 # --- Elements left as read. A RawDataElement whose VR the generic rules leave alone is kept
 # unconverted when converting it (as ``ds[tag]`` does) and writing it again would give back the
-# same value bytes: then the stored file cannot tell, and the conversion (most of the cost of
-# de-identification) is saved. Anything else is converted as before.
+# same value bytes (``studies.raw_elements``): then the stored file cannot tell, and the
+# conversion (most of the cost of de-identification) is saved. Anything else is converted as
+# before.
 
-_PLAIN_ENCODINGS: Final = frozenset(
-    python_encoding[name]
-    for name in (
-        *("", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110"),
-        *("ISO_IR 144", "ISO_IR 127", "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 192"),
-    )
-)
-# Printable ASCII, no leading or trailing space and no space next to a value delimiter.
-_CANONICAL_TEXT_RE: Final = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
-_CANONICAL_UI_RE: Final = re.compile(rb"[0-9.]+(?:\\[0-9.]+)*")
-_TEXT_KEPT_VRS: Final = frozenset({"AE", "AS", "CS", "DS", "IS", "TM"})
-_CHARSET_TEXT_KEPT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
 # Text that pydicom decodes with a warning at worst, never an error (unlike DS, IS, SQ...).
 _QUIET_TEXT_VRS: Final = frozenset(
     {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
-_BINARY_KEPT_SIZES: Final = {
-    "US": 2,
-    "SS": 2,
-    "US or SS": 2,
-    "UL": 4,
-    "SL": 4,
-    "AT": 4,
-    "FD": 8,
-    "SV": 8,
-    "UV": 8,
-    "OB": 2,
-    "OW": 2,
-    "OB or OW": 2,
-    "OD": 2,
-    "OF": 2,
-    "OL": 2,
-}
-_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
 
 def _multi_string(text: str) -> str | list[str]:
@@ -854,58 +829,9 @@ def _multi_string(text: str) -> str | list[str]:
     return items[0] if len(items) == 1 else items
 
 
-def plain_charset(ds: Dataset) -> bool:
-    """Whether printable ASCII reads and writes as itself in ``ds``'s character set."""
-    try:
-        encodings = ds._character_set
-    except Exception:
-        return False
-    if isinstance(encodings, str):
-        encodings = [encodings]
-    return len(encodings) == 1 and encodings[0] in _PLAIN_ENCODINGS
-
-
-def raw_is_canonical(raw: RawDataElement, vr: str, plain_text: bool) -> bool:
-    """True when ``raw``'s value bytes are exactly what pydicom writes after converting it.
-
-    ``vr``: its VR (from the dictionary for Implicit VR); ``plain_text``: ``_plain_charset``
-    of its dataset. False when unsure.
-    """
-    value = raw.value
-    if not isinstance(value, bytes) or raw.length == _UNDEFINED_LENGTH or len(value) % 2:
-        return False
-    size = _BINARY_KEPT_SIZES.get(vr)
-    if size is not None:
-        return len(value) % size == 0
-    if vr in _TEXT_KEPT_VRS or (plain_text and vr in _CHARSET_TEXT_KEPT_VRS):
-        return _canonical_text(value)
-    if vr == "UI":
-        if value.endswith(b"\x00"):
-            content = value[:-1]
-            if len(content) % 2 == 0:
-                return False  # padded although already even: pydicom would drop the pad
-        else:
-            content = value
-        return _CANONICAL_UI_RE.fullmatch(content) is not None
-    return False
-
-
 def _converts_quietly(element: Any, dictionary_vr: str) -> bool:
     """Whether ``ds[tag]`` cannot fail on ``element``: converted already, empty, or text."""
     if not isinstance(element, RawDataElement) or not element.length:
         return True
     vr = dictionary_vr if element.VR is None else element.VR
-    return vr in _QUIET_TEXT_VRS and element.length != _UNDEFINED_LENGTH
-
-
-def _canonical_text(value: bytes) -> bool:
-    if not value:
-        return True
-    content = value[:-1] if value[-1] == 0x20 else value
-    if len(content) % 2 == 0 and content is not value:
-        return False  # padded although already even: pydicom would drop the pad
-    if b"\\" in content and (b" \\" in content or b"\\ " in content):
-        return False
-    if b"\\\\" in content or content.startswith(b"\\") or content.endswith(b"\\"):
-        return False  # empty values
-    return _CANONICAL_TEXT_RE.fullmatch(content) is not None
+    return vr in _QUIET_TEXT_VRS and element.length != UNDEFINED_LENGTH

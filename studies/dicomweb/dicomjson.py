@@ -9,7 +9,6 @@ servers' metadata).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import re
@@ -17,13 +16,18 @@ import struct
 from typing import Any
 
 from pydicom import config
-from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.multival import MultiValue
 
-from studies.deidentify import plain_charset, raw_is_canonical
+from studies.raw_elements import (
+    CANONICAL_UI_RE,
+    UNDEFINED_LENGTH,
+    dictionary_vr,
+    plain_charset,
+    raw_is_canonical,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +128,11 @@ _BINARY_SIZES = {"H": 2, "h": 2, "L": 4, "l": 4, "f": 4, "d": 8}
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV"})
 _IS_RE = re.compile(r"[+-]?[0-9]+")
 _DS_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_UI_RE = re.compile(rb"[0-9.]+(?:\\[0-9.]+)*")
 # Pixel data, and the elements ``correct_ambiguous_vr`` reads to settle other elements' VRs:
 # always by the general path.
 _NOT_FAST = frozenset(
     {*PIXEL_DATA_TAGS, 0x00280103, 0x00280100, 0x54000110, 0x00283002, 0x00283006}
 )
-
-
-@functools.lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str:
-    """The public dictionary's VR ("" when unknown)."""
-    try:
-        return str(get_entry(tag)[0])
-    except KeyError:
-        return ""
 
 
 def _attribute(element: DataElement, from_raw: bool) -> dict[str, Any]:
@@ -208,13 +202,13 @@ def _element_attribute(element: DataElement) -> dict[str, Any] | None:
 
 
 def _raw_attribute(raw: RawDataElement, tag: int, plain_text: bool) -> dict[str, Any] | None:
-    if raw.length == 0xFFFFFFFF:
+    if raw.length == UNDEFINED_LENGTH:
         return None
     vr = raw.VR
     if vr is None:
         if tag >> 16 & 1:  # private
             return None
-        vr = _dictionary_vr(tag)
+        vr = dictionary_vr(tag)
     if not vr or vr == "SQ" or vr == "UN" or " " in vr:  # sequences, unknown, ambiguous
         return None
     value = raw.value
@@ -224,7 +218,7 @@ def _raw_attribute(raw: RawDataElement, tag: int, plain_text: bool) -> dict[str,
         return None
     if vr == "UI":
         text = value.rstrip(b"\0 ")
-        if not text or _UI_RE.fullmatch(text) is None:
+        if not text or CANONICAL_UI_RE.fullmatch(text) is None:
             return None
         return {"vr": vr, "Value": text.decode("ascii").split("\\")}
     number_format = _BINARY_FORMATS.get(vr)

@@ -48,6 +48,7 @@ from studies.models import (
     Study,
     UidMapping,
 )
+from studies.raw_elements import UNDEFINED_LENGTH
 from studies.services import storage
 
 logger = logging.getLogger(__name__)
@@ -567,7 +568,6 @@ _BINARY_NUMBER_FORMATS = {
     "SV": "<q",
     "UV": "<Q",
 }
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _ITEM_UNDEFINED_LENGTH = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
@@ -699,7 +699,7 @@ def _encode_element(
         value = element.value
         if value is None and element.length == 0:
             value = b""  # read empty: as pydicom writes it once converted (same VR)
-        if not isinstance(value, bytes) or element.length == _UNDEFINED_LENGTH:
+        if not isinstance(value, bytes) or element.length == UNDEFINED_LENGTH:
             return False
         if not implicit and (vr is None or len(vr) != 2):
             return False
@@ -743,7 +743,7 @@ def _encode_element(
     length = len(value)
     if implicit:
         head = struct.pack(
-            "<HHL", tag >> 16, tag & 0xFFFF, _UNDEFINED_LENGTH if undefined else length
+            "<HHL", tag >> 16, tag & 0xFFFF, UNDEFINED_LENGTH if undefined else length
         )
     elif vr in _LONG_LENGTH_VRS:
         head = struct.pack(
@@ -752,7 +752,7 @@ def _encode_element(
             tag & 0xFFFF,
             vr.encode(),
             0,
-            _UNDEFINED_LENGTH if undefined else length,
+            UNDEFINED_LENGTH if undefined else length,
         )
     elif undefined or length > 0xFFFF:
         return False  # pydicom warns and writes it as UN

@@ -20,8 +20,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import Tag
 
-from studies.deidentify import raw_is_canonical
 from studies.dicomweb import dicomjson
+from studies.raw_elements import raw_is_canonical
 from studies.services import ingest
 from tests.studies_tests.test_native_encoding import odd_values_slice, pydicom_encode, rich_slice
 
