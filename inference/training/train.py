@@ -441,7 +441,8 @@ def _template_space_dice(
         return {}
     spec = InputSpec(in_plane_size=(config.in_plane_size,) * 2, hu_window=config.hu_window)
     lung_p, disease_p = predict_slices(network, spec.normalise(slices.hu), device=config.device)
-    # The same decision as the engine: the class weights' prior shift removed, then 0.5.
+    # The engine's decision at the default cut (the class weights' prior shift removed, then
+    # 0.5): each network's own Dice, before the run chooses the ensemble's cut.
     lung_p = np.asarray(remove_class_weights(lung_p, config.lung_weights))
     disease_p = np.asarray(remove_class_weights(disease_p, config.disease_weights))
     lung = lung_p[1] >= 0.5
@@ -627,11 +628,8 @@ def train_atlasnet(
         class_weights=(config.lung_weights, config.disease_weights),
     )
 
-    def predict(case: SegmentationCase) -> npt.NDArray[np.uint8]:
-        result = engine.predict_ensemble(case.ct, mappings=val_mappings[case.case_id]).result
-        return np.asarray(result.label_map.array)
-
-    # The networks run once per validation case; each cut only re-votes their probabilities.
+    # The networks run once per validation case; each cut, and the validation Dice at the cut
+    # chosen, only re-vote their probabilities (the engine's own labels at that cut).
     probabilities = {
         c.case_id: engine.case_probabilities(c.ct, val_mappings[c.case_id]) for c in validation
     }
@@ -642,7 +640,9 @@ def train_atlasnet(
     ild_threshold = choose_ild_threshold(predict_at, validation, config.ild_thresholds)
     engine.ild_threshold = ild_threshold["value"] if ild_threshold else 0.5
     log(f"AtlasNet ILD cut: {ild_threshold}")
-    validation_summary = _native_validation(predict, validation)
+    validation_summary = _native_validation(
+        lambda case: predict_at(engine.ild_threshold, case), validation
+    )
     validation_summary["per_template"] = template_validation
     seconds["validate"] += time.perf_counter() - start
     template_entries: list[dict[str, Any]] = [
