@@ -184,6 +184,13 @@ def register_pair(job: Job, progress: Progress) -> dict[str, Any]:
     )
 
 
+def worsening_choice() -> str:
+    """``settings.WORSENING_CLASSIFIER``: ``"off"``, ``"default"`` or a model folder."""
+    from django.conf import settings
+
+    return str(settings.WORSENING_CLASSIFIER or "off").strip()
+
+
 def worsening_model(choice: str) -> WorseningModel:
     """The classifier named by ``choice`` (``"default"`` or a model folder), loaded once per
     worker process and again only when its ``metadata.json`` is replaced. The default model is
@@ -239,12 +246,11 @@ def classify_worsening(
     way, so a classifier problem never fails the job. The prediction (with the template-space
     map) comes second, ``None`` unless the classifier ran.
     """
-    from django.conf import settings
 
     from inference.registration import RegistrationError
     from inference.worsening import WorseningModelError, predict_worsening
 
-    choice = str(settings.WORSENING_CLASSIFIER or "off").strip()
+    choice = worsening_choice()
     if choice == "off":
         return {"status": "off"}, None
     try:

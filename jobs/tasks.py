@@ -100,11 +100,10 @@ def build_the_default_worsening_model(**_: object) -> subprocess.Popen[bytes] | 
     model waits on the build's file lock, then loads it. Nothing is started when the classifier
     is off or another model is configured, or when the default model is already there.
     """
-    from django.conf import settings
-
     from inference.worsening import default_cache_dir
+    from jobs.registration import worsening_choice
 
-    if str(settings.WORSENING_CLASSIFIER or "off").strip() != "default":
+    if worsening_choice() != "default":
         return None
     if (default_cache_dir() / "metadata.json").is_file():
         return None
