@@ -18,7 +18,9 @@ WSGI environ. :class:`ScrollingThreadWorker` removes both for that traffic:
   gunicorn's parser and the WSGI application unchanged, so every other response, error and
   access rule is the application's.
 
-The first request of a connection always takes gunicorn's path. The lane is off when an
+The first request of a new connection always takes gunicorn's path; a kept-alive connection
+the poller hands back (several viewer connections sharing a worker's threads) tries the lane
+first. The lane is off when an
 access log is configured (``--access-logfile``), so that every request is logged.
 
 Use it with ``gunicorn -c python:webapp.gunicorn_conf webapp.wsgi`` (docker, ``make run``,
@@ -69,8 +71,13 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
     """``gthread``, serving back-to-back requests of a connection on the same thread."""
 
     def handle(self, conn: Any) -> Any:
-        result = super().handle(conn)
         lane = self._lane()
+        result = None
+        if lane is not None and _kept_alive(conn) and self.alive:
+            conn.sock.setblocking(True)  # the poller left it non-blocking
+            result = self._serve_lane(lane, conn)
+        if result is None:
+            result = super().handle(conn)
         served = 1
         readable = None
         while result is True and served < MAX_TURN and self._keeps_going():
@@ -81,24 +88,30 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if not readable.poll(LINGER_S * 1000):
                     break  # idle: the poller watches it, as gthread does
             served += 1
-            if lane is not None:
-                try:
-                    answered = lane.serve(conn)
-                except OSError as error:  # the client went away mid-answer, or the file did
-                    self.log.debug("frame lane: %s", error)
-                    return False  # gunicorn closes the connection
-                except Exception:
-                    self.log.exception("Error handling request in the frame lane")
-                    return False
-                if answered:
-                    self.nr += 1
-                    if self.nr >= self.max_requests:
-                        self.log.info("Autorestarting worker after current request.")
-                        self.alive = False
-                        return False
-                    continue
-            result = super().handle(conn)
+            result = self._serve_lane(lane, conn) if lane is not None else None
+            if result is None:
+                result = super().handle(conn)
         return result
+
+    def _serve_lane(self, lane: FrameLane, conn: Any) -> bool | None:
+        """The connection's next request through the lane: True when answered (keep the
+        connection), False when the connection must close, None when it is not the lane's."""
+        try:
+            answered = lane.serve(conn)
+        except OSError as error:  # the client went away mid-answer, or the file did
+            self.log.debug("frame lane: %s", error)
+            return False  # gunicorn closes the connection
+        except Exception:
+            self.log.exception("Error handling request in the frame lane")
+            return False
+        if not answered:
+            return None
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+            return False
+        return True
 
     def _lane(self) -> FrameLane | None:
         """The lane for this worker's application, built on first use (None: no lane)."""
@@ -112,6 +125,15 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
         """Whether the worker runs on and no request of another connection waits for a thread."""
         queue = getattr(getattr(self, "tpool", None), "_work_queue", None)
         return bool(self.alive) and (queue is None or queue.empty())
+
+
+def _kept_alive(conn: Any) -> bool:
+    """Whether ``conn`` has served a request and is back from the poller with its next one."""
+    return bool(
+        getattr(conn, "initialized", False)
+        and getattr(conn, "parser", None) is not None
+        and not getattr(conn, "is_http2", False)
+    )
 
 
 def _buffered(conn: Any) -> bool:

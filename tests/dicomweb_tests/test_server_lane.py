@@ -131,6 +131,40 @@ def test_frames_after_the_first_request_take_the_lane_with_the_same_bytes(
     assert lane.getheader("Server") == "gunicorn" and lane.getheader("Date")
 
 
+def test_a_kept_alive_connection_back_from_the_poller_takes_the_lane_at_once(
+    monkeypatch, series, reader_a
+):
+    # Several viewer connections share a worker's threads: a connection idle past the linger
+    # goes back to the poller, which hands it to ``handle`` again with its next request.
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    paths = frame_paths(series)
+    ours, theirs = socket.socketpair()
+    try:
+        conn = TConn(worker.cfg, ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))
+        reader = Unclosable(theirs.makefile("rb"))
+        stream = SimpleNamespace(makefile=lambda *_: reader)
+        theirs.settimeout(5)
+        results, bodies = [], []
+        for path in paths:
+            theirs.sendall(get(path, auth, accept))
+            results.append(worker.worker.handle(conn))  # idle after one request: returns
+            ours.setblocking(False)  # as the poller leaves it
+            response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
+            response.begin()
+            assert response.status == 200
+            [(_, content)] = parts_of(response.getheader("Content-Type"), response.read())
+            bodies.append(content)
+    finally:
+        ours.close()
+        theirs.close()
+
+    assert results == [True] * len(paths)
+    assert worker.lane_answers == len(paths) - 1  # only the connection's first is gunicorn's
+    assert worker.spy.calls == 0
+    assert bodies == [expected_pixels(index) for index in range(len(paths))]
+
+
 def test_requests_that_are_not_plain_frame_gets_reach_the_application_in_order(
     monkeypatch, series, other_series, reader_a
 ):
