@@ -551,7 +551,7 @@ def encode(dataset: Dataset) -> bytes:
 # ``dcmwrite`` / ``write_dataset`` / ``write_data_element`` step by step for little-endian
 # transfer syntaxes, writes the common values (ASCII strings, numbers read from the file,
 # single binary numbers, byte values) itself and hands every other element to pydicom's own
-# ``write_data_element``. tests/test_stow_speed_encoding.py checks it against ``save_as``.
+# ``write_data_element``. tests/studies_tests/test_native_encoding.py checks it against ``save_as``.
 
 _LONG_LENGTH_VRS = frozenset(EXPLICIT_VR_LENGTH_32)
 _CHARSET_VRS = frozenset(CUSTOMIZABLE_CHARSET_VR)
@@ -572,6 +572,8 @@ _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _ITEM_UNDEFINED_LENGTH = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
+# (0002,0000) UL, explicit VR little endian, value length 4: the group length's first 8 bytes.
+_GROUP_LENGTH_HEAD = b"\x02\x00\x00\x00UL\x04\x00"
 
 
 def _encode_native(dataset: Dataset) -> bytes | None:
@@ -618,23 +620,12 @@ def _encode_file_meta(file_meta: Any) -> bytes:
     _encode_dataset(parts, file_meta, default_encoding, False)
     body = b"".join(parts)
     file_meta.FileMetaInformationGroupLength = len(body) - 12
-    length: list[bytes] = []
-    group_length = file_meta.get_item(0x00020000)
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    written = (
-        b"".join(length)
-        if _encode_element(
-            length, buffer, BaseTag(0x00020000), group_length, [default_encoding], False
-        )
-        else b""
-    )
-    if len(written) != 12 or body[:4] != b"\x02\x00\x00\x00":
+    if body[:8] != _GROUP_LENGTH_HEAD:
         head = DicomBytesIO()  # not the usual UL element first: as pydicom does it
         head.is_little_endian, head.is_implicit_VR = True, False
         write_file_meta_info(head, file_meta, enforce_standard=True)
         return head.getvalue()
-    return written + body[12:]
+    return _GROUP_LENGTH_HEAD + struct.pack("<L", len(body) - 12) + body[12:]
 
 
 def _copy_meta(meta: Dataset) -> Any:
