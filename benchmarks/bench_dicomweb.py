@@ -550,7 +550,7 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument(
-        "--frame-rounds", type=int, default=3, help="times each client fetches every frame"
+        "--frame-rounds", type=int, default=5, help="times each client fetches every frame"
     )
     parser.add_argument(
         "--frame-client",
