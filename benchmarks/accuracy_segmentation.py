@@ -1,6 +1,8 @@
 """Segmentation accuracy on held-out phantoms: classical vs AtlasNet vs U-Net (one command).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_segmentation.py --real   # CPU scale
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/accuracy_segmentation.py --size 192 \
+        --work bench-out/accuracy-s192                        # 1.85 mm phantoms, ~25 min
     .venv/bin/python benchmarks/accuracy_segmentation.py --work bench-out/accuracy-large \\
         --train-patients 16 --test-patients 8 --size 256 --slices 96 --epochs 50 \\
         --lr-decrease-every 10                                           # GPU-sized run
