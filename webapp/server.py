@@ -72,11 +72,10 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle(self, conn: Any) -> Any:
         lane = self._lane()
-        result = None
-        if lane is not None and _kept_alive(conn) and self.alive:
+        if _kept_alive(conn):  # back from the poller with its next request
             conn.sock.setblocking(True)  # the poller left it non-blocking
-            result = self._serve_lane(lane, conn)
-        if result is None:
+            result = self._serve_next(lane, conn)
+        else:
             result = super().handle(conn)
         served = 1
         readable = None
@@ -88,10 +87,14 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if not readable.poll(LINGER_S * 1000):
                     break  # idle: the poller watches it, as gthread does
             served += 1
-            result = self._serve_lane(lane, conn) if lane is not None else None
-            if result is None:
-                result = super().handle(conn)
+            result = self._serve_next(lane, conn)
         return result
+
+    def _serve_next(self, lane: FrameLane | None, conn: Any) -> Any:
+        """The connection's next request: through the lane when it is the lane's, else through
+        gunicorn's parser and the application. True: keep the connection."""
+        answered = self._serve_lane(lane, conn) if lane is not None and self.alive else None
+        return super().handle(conn) if answered is None else answered
 
     def _serve_lane(self, lane: FrameLane, conn: Any) -> bool | None:
         """The connection's next request through the lane: True when answered (keep the
