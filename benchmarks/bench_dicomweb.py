@@ -160,6 +160,10 @@ class Http:
             raise RuntimeError(f"GET {self.prefix}{path}: {status} {data[:300]!r}")
         return data
 
+    def get_size(self, path: str, accept: str) -> int:
+        """GET ``path``; the body's length (as :meth:`LeanHttp.get_size`)."""
+        return len(self.get(path, accept))
+
 
 class LeanHttp:
     """A keep-alive HTTP/1.1 GET client over a plain socket that reads each body into one
@@ -300,10 +304,8 @@ def percentile(values: list[float], pct: float) -> float:
 def _frame_worker(args: tuple[Server, list[str], Any, str]) -> tuple[int, int, float, float]:
     server, paths, barrier, kind = args
     client = server.frame_client(kind)
-    fetch = client.get_size if isinstance(client, LeanHttp) else client.get
     try:
-        first = fetch(paths[0], OHIF_FRAME_ACCEPT)  # connect and warm up before the clock
-        size = first if isinstance(first, int) else len(first)
+        size = client.get_size(paths[0], OHIF_FRAME_ACCEPT)  # connect, warm up before the clock
     except BaseException:
         barrier.abort()  # the other clients must not wait for this one forever
         raise
@@ -311,8 +313,7 @@ def _frame_worker(args: tuple[Server, list[str], Any, str]) -> tuple[int, int, f
     started = time.perf_counter()
     total = 0
     for path in paths:
-        answer = fetch(path, OHIF_FRAME_ACCEPT)
-        length = answer if isinstance(answer, int) else len(answer)
+        length = client.get_size(path, OHIF_FRAME_ACCEPT)
         if abs(length - size) > 64:  # frames of a series differ only in their boundary
             raise RuntimeError(f"{server.name} {path}: {length} bytes, the first had {size}")
         total += length
