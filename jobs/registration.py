@@ -246,7 +246,6 @@ def classify_worsening(
     way, so a classifier problem never fails the job. The prediction (with the template-space
     map) comes second, ``None`` unless the classifier ran.
     """
-
     from inference.registration import RegistrationError
     from inference.worsening import WorseningModelError, predict_worsening
 

@@ -667,7 +667,6 @@ def save_model(model: WorseningModel, folder: Path | str) -> Path:
 
     The version is ``1.0.0+<first 12 hex of model.pt's SHA-256>``.
     """
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(
