@@ -217,13 +217,12 @@ def _child(config: str, work: str, device: str, paper_slices: int, queue: Any) -
         "atlasnet-paper-1",
         "atlasnet-paper-full",
     ):
+        # Configurations that time another configuration's models (in part or in full).
         name = {
-            "atlasnet-paper-full": "atlasnet-paper",
+            "atlasnet-cpu-1": "atlasnet-cpu",
             "atlasnet-paper-1": "atlasnet-paper",
-            "atlasnet-cpu-6": "atlasnet-cpu-6",
-            "atlasnet-cpu-w4": "atlasnet-cpu-w4",
-            "atlasnet-cpu-w2": "atlasnet-cpu-w2",
-        }.get(config, "atlasnet-cpu")
+            "atlasnet-paper-full": "atlasnet-paper",
+        }.get(config, config)
         engine = AtlasNetEngine.from_folder(folder / "models" / name, device=device)
         if config in ("atlasnet-cpu-1", "atlasnet-paper-1"):
             engine = AtlasNetEngine(
