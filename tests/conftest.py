@@ -100,3 +100,10 @@ def isolated_storage(settings, tmp_path):
     """Each test stores DICOM files under its own folder."""
     settings.STORAGE_ROOT = tmp_path / "storage"
     return settings.STORAGE_ROOT
+
+
+@pytest.fixture(params=[0, 1], ids=["one-process", "helper-process"])
+def helper_processes(request, settings):
+    """The test twice: ingest prepares files in the test's process, and on a helper process."""
+    settings.INGEST_HELPER_PROCESSES = request.param
+    return request.param

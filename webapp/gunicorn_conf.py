@@ -13,3 +13,13 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 keepalive = 30  # seconds; a viewer keeps its connections between scroll bursts
 timeout = 300  # a large STOW upload or an archive export
+
+
+def post_worker_init(worker: object) -> None:
+    """Each worker starts its ingest helper processes now: the first STOW-RS request it serves
+    finds them ready instead of waiting for Python and pydicom to load in them."""
+    from django.conf import settings
+
+    from studies.services.prepare import start_helpers
+
+    start_helpers(int(settings.INGEST_HELPER_PROCESSES))

@@ -9,15 +9,12 @@ FailureReason code and the ingest's reason in words).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 from django.conf import settings
-from pydicom.dataset import Dataset
 from rest_framework import status
 
 from core.access import has_role
@@ -28,13 +25,8 @@ from studies.dicomweb.dicomjson import attr
 from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
 from studies.dicomweb.selectors import Scope
 from studies.models import Instance
-from studies.services.ingest import (
-    FileOutcome,
-    Item,
-    RejectedFile,
-    ingest_datasets_bytes,
-    read_dicom,
-)
+from studies.services.ingest import FileOutcome, Item, SentUids, ingest_datasets_bytes
+from studies.services.prepare import read_sent_uids
 
 # PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
 PROCESSING_FAILURE = 0x0110
@@ -77,14 +69,10 @@ def check_content_type(content_type: str) -> str:
 
 
 @dataclass
-class _Sent:
+class _Part:
     name: str
     data: bytes
-    sop_class: str = ""
-    sop_uid: str = ""
-    study_uid: str = ""
-    error: str = ""
-    reason_code: int = 0
+    refusal: str = ""  # refused before the ingest service sees it
 
 
 def with_preamble(data: bytes) -> bytes:
@@ -97,41 +85,6 @@ def with_preamble(data: bytes) -> bytes:
     if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":
         return b"\x00" * 128 + b"DICM" + data
     return data
-
-
-def _peek(item: _Sent) -> Dataset | None:
-    """Set the UIDs the client sent, for the response and the study check.
-
-    The part is read in full, as the ingest service reads it, and the Dataset returned to be
-    handed on to it (one parse per part); a part that cannot be read so gets a header-only
-    read here (None returned) and the ingest service gives the reason in words.
-    """
-    try:
-        header = read_dicom(item.data)
-        dataset: Dataset | None = header
-    except RejectedFile:
-        dataset = None
-        try:
-            header = pydicom.dcmread(
-                io.BytesIO(item.data),
-                stop_before_pixels=True,
-                force=True,
-                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
-            )
-        except Exception:  # the ingest service gives the reason in words
-            return None
-    try:
-        meta = getattr(header, "file_meta", None)
-        item.sop_class = str(
-            header.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "")
-        )
-        item.sop_uid = str(
-            header.get("SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "")
-        )
-        item.study_uid = str(header.get("StudyInstanceUID", ""))
-    except Exception:  # the ingest service gives the reason in words
-        return None
-    return dataset
 
 
 def _failure_code(reason: str) -> int:
@@ -161,45 +114,44 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
     if not parts:
         raise ApplicationError("the multipart body holds no parts")
 
-    sent: list[_Sent] = []
-    part_types: list[str] = []
+    sent: list[_Part] = []
     for number, part in enumerate(parts, start=1):
-        sent.append(_Sent(f"part {number}", with_preamble(bytes(part.content))))
-        part_types.append(part.content_type.split(";")[0].strip().lower())
+        media_type = part.content_type.split(";")[0].strip().lower()
+        item = _Part(f"part {number}", with_preamble(bytes(part.content)))
+        if media_type not in ("", "application/dicom"):
+            item.refusal = f"part media type {media_type} is not application/dicom"
+        sent.append(item)
     del parts
 
-    pending: list[int] = []
+    def study_in_url(uids: SentUids) -> str:
+        if study_uid is None or not uids.study_instance_uid or uids.study_instance_uid == study_uid:
+            return ""
+        return (
+            f"StudyInstanceUID {uids.study_instance_uid} does not match the study {study_uid} "
+            "in the request URL"
+        )
+
+    pending = [i for i, item in enumerate(sent) if not item.refusal]
 
     def parts_to_store() -> Iterator[Item]:
-        # Each part is read once, here, as the ingest service asks for it: the UIDs sent are
-        # taken from that read, and the Dataset is handed on. The ingest service works in
-        # batches; a part's bytes are released once handed over.
-        for i, item in enumerate(sent):
-            dataset = _peek(item)
-            if part_types[i] not in ("", "application/dicom"):
-                item.error = f"part media type {part_types[i]} is not application/dicom"
-                item.reason_code = CANNOT_UNDERSTAND
-            elif study_uid is not None and item.study_uid and item.study_uid != study_uid:
-                item.error = (
-                    f"StudyInstanceUID {item.study_uid} does not match the study {study_uid} "
-                    "in the request URL"
-                )
-                item.reason_code = PROCESSING_FAILURE
-            if item.error:
-                continue
-            pending.append(i)
+        # A part's bytes are released once handed over (the ingest service works in batches).
+        for i in pending:
+            item = sent[i]
             data, item.data = item.data, b""
-            yield item.name, data, dataset
+            yield item.name, data
 
     # One ingest call per request: one geometry refresh per series, however many batches.
     report = ingest_datasets_bytes(
-        parts_to_store(), project=project, deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT)
+        parts_to_store(),
+        project=project,
+        deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT),
+        admit=study_in_url,
     )
     outcomes: dict[int, FileOutcome] = dict(zip(pending, report.outcomes, strict=True))
     return _response(scope, sent, outcomes)
 
 
-def _response(scope: Scope, sent: list[_Sent], outcomes: dict[int, FileOutcome]) -> StowResult:
+def _response(scope: Scope, sent: list[_Part], outcomes: dict[int, FileOutcome]) -> StowResult:
     stored_uids = [o.sop_instance_uid for o in outcomes.values() if o.status != "rejected"]
     locations = {
         sop: (study, series)
@@ -215,11 +167,12 @@ def _response(scope: Scope, sent: list[_Sent], outcomes: dict[int, FileOutcome])
     studies: set[str] = set()
     for index, item in enumerate(sent):
         outcome = outcomes.get(index)
+        uids = outcome.sent if outcome is not None else read_sent_uids(item.data)
         if outcome is not None and outcome.status != "rejected":
             study, series = locations.get(outcome.sop_instance_uid, ("", ""))
             studies.add(study)
             entry = {
-                "00081150": attr("UI", item.sop_class),
+                "00081150": attr("UI", uids.sop_class_uid),
                 "00081155": attr("UI", outcome.sop_instance_uid),
                 "00081190": attr(
                     "UR",
@@ -227,20 +180,20 @@ def _response(scope: Scope, sent: list[_Sent], outcomes: dict[int, FileOutcome])
                     f"/instances/{outcome.sop_instance_uid}",
                 ),
             }
-            if item.sop_uid and item.sop_uid != outcome.sop_instance_uid:
+            if uids.sop_instance_uid and uids.sop_instance_uid != outcome.sop_instance_uid:
                 entry["00081196"] = attr("US", COERCION)
                 warnings.append(
                     f"{item.name}: de-identified, stored as SOPInstanceUID {outcome.sop_instance_uid}"
                 )
             referenced.append(dict(sorted(entry.items())))
             continue
-        reason = item.error or (outcome.reason if outcome else "not processed")
-        code = item.reason_code or _failure_code(reason)
+        reason = item.refusal or (outcome.reason if outcome else "not processed")
+        code = CANNOT_UNDERSTAND if item.refusal else _failure_code(reason)
         failed.append(
             {
                 "00000902": attr("LO", f"{item.name}: {reason}"[:64]),
-                "00081150": attr("UI", item.sop_class),
-                "00081155": attr("UI", item.sop_uid),
+                "00081150": attr("UI", uids.sop_class_uid),
+                "00081155": attr("UI", uids.sop_instance_uid),
                 "00081197": attr("US", code),
             }
         )

@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 from studies.models import Instance, UidMapping
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("helper_processes")]
 
 BOUNDARY = "f00dcafe"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

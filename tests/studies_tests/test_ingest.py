@@ -14,7 +14,7 @@ from studies.services import storage
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("helper_processes")]
 
 
 def test_it_stores_a_series_once_with_geometry(project):

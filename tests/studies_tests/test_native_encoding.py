@@ -1,4 +1,4 @@
-"""The ingest service's own encoder (``ingest.encode``) writes what pydicom's ``save_as`` writes,
+"""The ingest service's own encoder (``prepare.encode``) writes what pydicom's ``save_as`` writes,
 byte for byte, and STOW-RS reads each part once."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
-from studies.services import ingest
+from studies.services import ingest, prepare
 from tests.dicom_builders import ct_slice, to_bytes
 
 
@@ -23,7 +23,7 @@ def pydicom_encode(dataset: Dataset) -> bytes:
 
 
 def both(dataset: Dataset) -> tuple[bytes, bytes]:
-    return ingest.encode(copy.deepcopy(dataset)), pydicom_encode(copy.deepcopy(dataset))
+    return prepare.encode(copy.deepcopy(dataset)), pydicom_encode(copy.deepcopy(dataset))
 
 
 def rich_slice(**kwargs) -> Dataset:
@@ -54,13 +54,13 @@ def test_built_slices_encode_like_pydicom():
 
 def test_read_back_and_deidentified_slices_encode_like_pydicom():
     data = to_bytes(rich_slice())
-    read = ingest.parse_ct_instance(data)
-    assert ingest.encode(read) == pydicom_encode(ingest.parse_ct_instance(data))
+    read = prepare.parse_ct_instance(data)
+    assert prepare.encode(read) == pydicom_encode(prepare.parse_ct_instance(data))
     from studies.deidentify import Deidentifier
 
     deid = Deidentifier(b"0123456789abcdef-secret")
-    fast = ingest.encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
-    slow = pydicom_encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+    fast = prepare.encode(deid.apply(prepare.parse_ct_instance(data), in_place=True).dataset)
+    slow = pydicom_encode(deid.apply(prepare.parse_ct_instance(data), in_place=True).dataset)
     assert fast == slow
 
 
@@ -70,14 +70,14 @@ def test_implicit_vr_encodes_like_pydicom():
     data = pydicom_encode(copy.deepcopy(ds))
     read = pydicom.dcmread(io.BytesIO(data))
     assert read.original_encoding == (True, True)
-    assert ingest.encode(read) == pydicom_encode(pydicom.dcmread(io.BytesIO(data)))
+    assert prepare.encode(read) == pydicom_encode(pydicom.dcmread(io.BytesIO(data)))
     assert both(ds)[0] == both(ds)[1]
 
 
 def test_compressed_data_is_left_to_pydicom():
     ds = ct_slice(study_uid="1.2.3.4", series_uid="1.2.3.4.5", index=0)
     ds.compress(RLELossless)
-    assert ingest._encode_native(copy.deepcopy(ds)) is None
+    assert prepare._encode_native(copy.deepcopy(ds)) is None
     fast, slow = both(ds)
     assert fast == slow
 
@@ -87,9 +87,9 @@ def test_real_ct_encodes_like_pydicom(real_data):
     deid = ingest.make_deidentifier()
     for path in sorted(folder.glob("*.dcm"))[:5]:
         data = path.read_bytes()
-        assert ingest.encode(ingest.parse_ct_instance(data)) == data  # read and written back
-        fast = ingest.encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
-        slow = pydicom_encode(deid.apply(ingest.parse_ct_instance(data), in_place=True).dataset)
+        assert prepare.encode(prepare.parse_ct_instance(data)) == data  # read and written back
+        fast = prepare.encode(deid.apply(prepare.parse_ct_instance(data), in_place=True).dataset)
+        slow = pydicom_encode(deid.apply(prepare.parse_ct_instance(data), in_place=True).dataset)
         assert fast == slow
 
 
@@ -128,7 +128,7 @@ def raw_copy_cases(data: bytes, reader) -> None:
     deid = ingest.make_deidentifier()
     result = deid.apply(reader(data), in_place=True).dataset
     assert any(element.is_raw for element in result.elements())  # some were left as read
-    fast = ingest.encode(result)
+    fast = prepare.encode(result)
     slow = pydicom_encode(converted(deid.apply(reader(data), in_place=True).dataset))
     assert fast == slow
 

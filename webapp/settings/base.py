@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from webapp.settings.env import (
@@ -114,6 +115,12 @@ FILE_UPLOAD_TEMP_DIR = None
 # pseudonyms, date shifts and UID maps stable across imports.
 DEIDENTIFY_BY_DEFAULT = env_bool("ILD_DEIDENTIFY_BY_DEFAULT", True)
 DEIDENTIFICATION_SECRET = env_str("ILD_DEIDENTIFICATION_SECRET", SECRET_KEY)
+# Helper processes that each ingest call (a STOW-RS request, an upload, an import) prepares
+# files on besides its own (parsing, de-identifying, encoding are per-file Python): one per
+# spare core by default, at most 2; 0 prepares every file in the calling process.
+INGEST_HELPER_PROCESSES = env_int(
+    "ILD_INGEST_HELPER_PROCESSES", max(0, min(2, (os.cpu_count() or 1) - 1))
+)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

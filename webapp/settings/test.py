@@ -13,3 +13,6 @@ CELERY_TASK_ALWAYS_EAGER = True
 DEIDENTIFICATION_SECRET = "test-deidentification-secret"
 # Registration job tests that exercise the classifier point this at a tiny model they train.
 WORSENING_CLASSIFIER = "off"
+# Ingest prepares every file in the test's process; the tests of the helper processes (and the
+# ingest tests, run both ways) set it themselves.
+INGEST_HELPER_PROCESSES = 0

@@ -1,0 +1,142 @@
+"""Preparing files on helper processes: the same results as preparing them here, in the order
+given, whatever the helpers do (die, or never start)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pytest
+from pydicom.uid import generate_uid
+
+from studies.deidentify import Deidentifier
+from studies.services import prepare
+from studies.services.prepare import FileOutcome, Prepared, Preparer
+from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
+
+DEIDENTIFIER = Deidentifier(b"prepare-test-secret-0123456789")
+
+
+def mixed_items() -> list[tuple[str, bytes]]:
+    """CT slices with a non-DICOM file and a non-CT instance among them."""
+    slices = ct_series_bytes(7)
+    not_ct = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    not_ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    files = [*slices[:3], b"not a DICOM file at all", *slices[3:5], to_bytes(not_ct), *slices[5:]]
+    return [(f"file {n}", data) for n, data in enumerate(files)]
+
+
+def comparable(item: Prepared | FileOutcome) -> tuple:
+    if isinstance(item, FileOutcome):
+        return ("outcome", item.name, item.status, item.reason, item.sent)
+    item.resolve_digest()
+    return ("prepared", item.name, item.data, item.fields, item.hierarchy, item.key, item.sent)
+
+
+def prepared_here(items: list[tuple[str, bytes]]) -> list[tuple]:
+    return [comparable(item) for item in Preparer(DEIDENTIFIER, 0).prepare_all(items)]
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """This process's helpers, none left over from another test; stopped after the test."""
+    fresh = prepare._Helpers()
+    monkeypatch.setattr(prepare, "_helpers", fresh)
+    yield fresh
+    for helper in fresh._idle:
+        helper.close()
+
+
+def test_helpers_prepare_what_this_process_prepares_in_the_order_given(helpers, monkeypatch):
+    items = mixed_items()
+    expected = prepared_here(items)
+    list(Preparer(DEIDENTIFIER, 1).prepare_all(items))  # the helper starts and loads
+    real_prepare = prepare.prepare
+
+    def slowly(*args):  # this process, slowed down: the helper takes files while it works
+        time.sleep(0.05)
+        return real_prepare(*args)
+
+    monkeypatch.setattr(prepare, "prepare", slowly)
+    out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    # A file prepared on a helper comes back with its digest made; one prepared here has it
+    # still being made on an I/O thread.
+    from_helpers = [i for i in out if isinstance(i, Prepared) and i.digest_soon is None]
+    assert len(from_helpers) >= 2
+    assert [comparable(i) for i in out] == expected
+    refused = [i for i in out if isinstance(i, FileOutcome)]
+    assert [i.name for i in refused] == ["file 3", "file 6"]
+    assert "not CT Image Storage" in refused[1].reason
+    assert refused[1].sent.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+    # The helper is kept for the next call, and no file is left on the scratch space.
+    assert len(helpers._idle) == 1 and helpers._idle[0].alive()
+    assert not list(prepare._SCRATCH.glob(f"ild-prepare-{os.getpid()}-*"))
+
+
+def test_a_single_file_is_prepared_here_without_starting_helpers(helpers):
+    items = mixed_items()[:1]
+    out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert [comparable(i) for i in out] == prepared_here(items)
+    assert helpers._idle == []
+
+
+def test_files_whose_helper_died_are_prepared_here(helpers, monkeypatch):
+    items = mixed_items()
+    real_send = prepare._Helper.send
+    sent = []
+
+    def send_then_die(self, slot, pickled):
+        ok = real_send(self, slot, pickled)
+        sent.append(ok)
+        if len(sent) == 2:  # two files with it: it dies before answering
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return ok
+
+    monkeypatch.setattr(prepare._Helper, "send", send_then_die)
+    out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert sent[:2] == [True, True]
+    assert [comparable(i) for i in out] == prepared_here(items)
+    # The dead helper is not kept; the next call starts a working one.
+    assert helpers._idle == []
+    monkeypatch.setattr(prepare._Helper, "send", real_send)
+    again = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert [comparable(i) for i in again] == prepared_here(items)
+    assert len(helpers._idle) == 1
+
+
+def test_without_helpers_every_file_is_prepared_here(helpers, monkeypatch, caplog):
+    def cannot_start():
+        raise OSError("no semaphores on this system")
+
+    monkeypatch.setattr(prepare, "_Helper", cannot_start)
+    items = mixed_items()
+    with caplog.at_level(logging.WARNING, logger="studies.services.prepare"):
+        out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert [comparable(i) for i in out] == prepared_here(items)
+    assert "no helper processes (no semaphores on this system)" in caplog.text
+
+
+def test_a_file_the_helper_has_not_started_is_taken_back(helpers):
+    items = mixed_items()[:2]
+    expected = prepared_here(items)
+    preparer = Preparer(DEIDENTIFIER, 1)
+    helper = prepare._Helper()
+    os.kill(helper.process.pid, signal.SIGSTOP)  # it cannot claim anything yet
+    try:
+        slots = [prepare._Slot(item) for item in items]
+        assert all(helper.send(slot, preparer._pickled) for slot in slots)
+        assert helper.take_back(lambda item: preparer.here(*item))
+        assert slots[1].result is not None and slots[0].result is None
+        assert not os.path.exists(slots[1].path)
+    finally:
+        os.kill(helper.process.pid, signal.SIGCONT)
+    while helper.waiting:  # the first is prepared there; for the second it answers "gone"
+        helper.receive(lambda item: preparer.here(*item), block=True)
+    assert [comparable(slot.result) for slot in slots] == expected
+    assert slots[0].result.digest_soon is None  # made by the helper
+    assert not [p for slot in slots for p in slot.files() if os.path.exists(p)]
+    helper.close()
+    assert not helper.alive()
