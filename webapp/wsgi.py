@@ -15,10 +15,15 @@ application = FrameFastPath(django_application)
 
 
 def _warm() -> None:
-    """Import every view (the URL configuration) now rather than on the first request."""
+    """Import every view and build the URL maps now rather than on each worker's first request
+    (about 60 ms for the reverse map alone), with the modules views import when first used."""
     from django.urls import get_resolver
 
-    get_resolver().url_patterns  # noqa: B018
+    import inference.dicom.series  # noqa: F401  (series geometry, after every ingest)
+
+    resolver = get_resolver()
+    resolver.url_patterns  # noqa: B018
+    resolver.reverse_dict  # noqa: B018
 
 
 _warm()
