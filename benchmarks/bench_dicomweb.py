@@ -336,16 +336,21 @@ def peak_rss_mb(pids: list[int]) -> float:
     return sum(orthanc_harness.peak_rss_kb(pid) for pid in pids) / 1024
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
+def descendants_of(pid: int) -> list[int]:
+    """Every process below ``pid``: gunicorn's workers and the ingest helpers they start."""
+    parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
     return found
 
 
@@ -458,7 +463,7 @@ class Ours:
         wait_for_http(port, "/healthz")
 
     def pids(self) -> list[int]:
-        return [self.process.pid, *children_of(self.process.pid)]
+        return [self.process.pid, *descendants_of(self.process.pid)]
 
     def stop(self) -> None:
         import psycopg
@@ -607,7 +612,7 @@ def main() -> int:
             results["datasets"][name] = {"ours": mine, "orthanc": theirs}
         ours_mb = peak_rss_mb(ours.pids())
         orthanc_mb = orthanc.peak_rss_kb() / 1024 if orthanc else None
-        line = f"\npeak memory (MB, VmHWM): ours {ours_mb:.0f} (gunicorn master + workers)"
+        line = f"\npeak memory (MB, VmHWM): ours {ours_mb:.0f} (gunicorn master, workers, ingest helpers)"
         if orthanc_mb:
             line += f", Orthanc {orthanc_mb:.0f}, ratio {ours_mb / orthanc_mb:.2f}"
         print(line)
