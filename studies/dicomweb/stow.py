@@ -24,7 +24,6 @@ from studies.dicomweb import selectors
 from studies.dicomweb.dicomjson import attr
 from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
 from studies.dicomweb.selectors import Scope
-from studies.models import Instance
 from studies.services.ingest import FileOutcome, Item, SentUids, ingest_datasets_bytes
 from studies.services.prepare import read_sent_uids
 
@@ -152,15 +151,6 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
 
 
 def _response(scope: Scope, sent: list[_Part], outcomes: dict[int, FileOutcome]) -> StowResult:
-    stored_uids = [o.sop_instance_uid for o in outcomes.values() if o.status != "rejected"]
-    locations = {
-        sop: (study, series)
-        for sop, study, series in Instance.objects.filter(
-            sop_instance_uid__in=stored_uids
-        ).values_list(
-            "sop_instance_uid", "series__study__study_instance_uid", "series__series_instance_uid"
-        )
-    }
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -169,7 +159,7 @@ def _response(scope: Scope, sent: list[_Part], outcomes: dict[int, FileOutcome])
         outcome = outcomes.get(index)
         uids = outcome.sent if outcome is not None else read_sent_uids(item.data)
         if outcome is not None and outcome.status != "rejected":
-            study, series = locations.get(outcome.sop_instance_uid, ("", ""))
+            study, series = outcome.study_instance_uid, outcome.series_instance_uid
             studies.add(study)
             entry = {
                 "00081150": attr("UI", uids.sop_class_uid),

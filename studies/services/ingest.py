@@ -274,11 +274,7 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
                 used.add(write)
                 moves.append((temp, storage.absolute(item.relpath)))
                 accepted.append((item, series, temp))
-                outcomes.append(
-                    FileOutcome(
-                        item.name, "stored", "", item.sop_uid, item.series_uid, sent=item.sent
-                    )
-                )
+                outcomes.append(item.outcome("stored"))
             if accepted and not _insert_together(accepted):
                 _insert_one_by_one(accepted, outcomes, moves)
             for temp, final in moves:
@@ -402,28 +398,42 @@ class _HierarchyCache:
                     f"StudyInstanceUID {hierarchy.study_instance_uid} belongs to another patient"
                 )
             return cached
-        # In a savepoint: a refusal half-way (a study of another patient) creates nothing.
-        with transaction.atomic():
-            series = _index_hierarchy(hierarchy, project=self.project, identity=key)
-        series.study.patient  # noqa: B018  (loaded once here, reused for every file)
+        series = _indexed_series(hierarchy, self.project)
+        if series is None:
+            # In a savepoint: a refusal half-way (a study of another patient) creates nothing.
+            with transaction.atomic():
+                series = _index_hierarchy(hierarchy, project=self.project, identity=key)
+            series.study.patient  # noqa: B018  (loaded once here, reused for every file)
         self.series[series.series_instance_uid] = series
         return series
 
 
+def _indexed_series(hierarchy: Hierarchy, project: Project) -> Series | None:
+    """The series row with its study and patient in one query, when all three are indexed as
+    ``hierarchy`` says (the usual case after a series' first upload); None otherwise, and
+    ``_index_hierarchy`` creates what is missing or says what does not match."""
+    series = (
+        Series.objects.select_related("study__patient")
+        .filter(series_instance_uid=hierarchy.series_instance_uid)
+        .first()
+    )
+    if (
+        series is None
+        or series.study.study_instance_uid != hierarchy.study_instance_uid
+        or series.study.patient.patient_id != hierarchy.patient_id
+        or series.study.patient.project_id != project.pk
+    ):
+        return None
+    return series
+
+
 def _rejected(item: Prepared, reason: str) -> FileOutcome:
-    return FileOutcome(item.name, "rejected", reason, item.sop_uid, item.series_uid, item.sent)
+    return item.outcome("rejected", reason)
 
 
 def _duplicate_or_conflict(item: Prepared, stored_digest: str) -> FileOutcome:
     if stored_digest == item.digest:
-        return FileOutcome(
-            item.name,
-            "duplicate",
-            "identical instance already stored",
-            item.sop_uid,
-            item.series_uid,
-            item.sent,
-        )
+        return item.outcome("duplicate", "identical instance already stored")
     return _rejected(
         item,
         f"a different file is already stored under SOPInstanceUID {item.sop_uid}; "

@@ -125,6 +125,7 @@ class FileOutcome:
     sop_instance_uid: str = ""
     series_instance_uid: str = ""
     sent: SentUids = SentUids()
+    study_instance_uid: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -173,6 +174,17 @@ class Prepared:
     @property
     def series_uid(self) -> str:
         return self.hierarchy.series_instance_uid
+
+    def outcome(self, status: Status, reason: str = "") -> FileOutcome:
+        return FileOutcome(
+            self.name,
+            status,
+            reason,
+            self.sop_uid,
+            self.series_uid,
+            self.sent,
+            self.hierarchy.study_instance_uid,
+        )
 
     def resolve_digest(self) -> str:
         if self.digest_soon is not None:
