@@ -411,6 +411,34 @@ def wait_for_http(port: int, path: str) -> None:
     raise RuntimeError("gunicorn did not start")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def wait_until_settled(pids: Any, timeout_s: float = 60.0) -> None:
+    """Wait until a started server is idle: its processes (``pids()``, asked again each time,
+    so that processes it starts are counted) use under 5% of a core over half a second. A
+    server measured while its workers still load (gunicorn's workers their helpers, Orthanc
+    its plugins) would be measured on its start-up, not on its requests."""
+    deadline = time.monotonic() + timeout_s
+    before = cpu_seconds(pids())
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = cpu_seconds(pids())
+        if after - before < 0.025:
+            return
+        before = after
+
+
 class Ours:
     """gunicorn + PostgreSQL, configured from the environment as in production."""
 
@@ -461,6 +489,7 @@ class Ours:
             "ours", f"http://127.0.0.1:{port}/dicomweb", {"Authorization": f"Token {token}"}
         )
         wait_for_http(port, "/healthz")
+        wait_until_settled(self.pids)
 
     def pids(self) -> list[int]:
         return [self.process.pid, *descendants_of(self.process.pid)]
@@ -601,6 +630,7 @@ def main() -> int:
         ours = Ours(folder, args)
         if not args.no_orthanc:
             orthanc = orthanc_harness.Orthanc()
+            wait_until_settled(lambda: [orthanc.process.pid])
             orthanc_server = Server("Orthanc", orthanc.dicomweb, {}, [orthanc.process.pid])
         for name, files in datasets:
             print(

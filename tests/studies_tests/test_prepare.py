@@ -140,3 +140,10 @@ def test_a_file_the_helper_has_not_started_is_taken_back(helpers):
     assert not [p for slot in slots for p in slot.files() if os.path.exists(p)]
     helper.close()
     assert not helper.alive()
+
+
+def test_the_warm_up_file_takes_every_step_of_a_real_slice():
+    item = prepare.prepare("warm-up", prepare.warm_up_file(), DEIDENTIFIER)
+    assert isinstance(item, Prepared)
+    assert item.key is not None and item.key.original_patient_id == "WARM-UP"
+    assert item.fields["rows"] == 16 and item.fields["pixel_data_length"] == 512
