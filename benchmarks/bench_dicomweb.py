@@ -9,9 +9,11 @@ orthanc-dicomweb)::
 It creates a scratch PostgreSQL database, migrates it, starts gunicorn with the production
 settings (``webapp/gunicorn_conf.py``: the ``webapp.server`` thread worker) and Orthanc 1.x with its DICOMweb plugin, each with its own storage in
 a temporary folder, then for each series (the POPI CT from ../shared/data/real/popi-00-ct and
-a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
+a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run, each server
+once it has settled after start-up (its processes near idle):
 
-* STOW-RS throughput (instances/s; ours de-identifies every instance, as in production);
+* STOW-RS throughput (instances/s; ours de-identifies every instance, as in production), in
+  requests of 20 instances, the two servers taking turns request by request;
 * QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends);
 * series metadata latency (WADO-RS .../series/{uid}/metadata, median of repeats);
 * WADO-RS frame throughput, one client and eight concurrent clients (separate processes,
@@ -23,7 +25,8 @@ a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run:
 * rendered PNG latency (middle slice, median);
 * (each latency series is timed after 5 untimed requests on the same connection, for both
   servers alike);
-* peak resident memory of each server (VmHWM; ours summed over gunicorn master + workers);
+* peak resident memory of each server (VmHWM; ours summed over gunicorn's master, workers and
+  their ingest helpers);
 * the HTTP ceiling: frames/s from gunicorn with the same settings serving a constant frame
   from a do-nothing WSGI app, i.e. what the server and this client cost without us.
 
@@ -246,33 +249,44 @@ class Server:
         )
 
 
-def stow(server: Server, files: list[bytes]) -> tuple[float, dict[str, Any]]:
-    """Instances/s storing ``files`` in batches; the last response body."""
-    client = server.http()
+def stow_alternating(
+    servers: list[Server], files: list[bytes]
+) -> list[tuple[float, dict[str, Any]]]:
+    """Each server's STOW-RS throughput (instances/s) storing ``files`` in requests of
+    ``STOW_BATCH``, and its last response body.
+
+    The servers take turns request by request (request k goes first to server k mod n), so
+    that a slow spell of a shared machine falls on all of them rather than on whichever was
+    being measured then; each server's clock runs only during its own requests.
+    """
     boundary = "benchboundary7d3f"
-    last: dict[str, Any] = {}
-    started = time.perf_counter()
-    for start in range(0, len(files), STOW_BATCH):
-        body = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-                for data in files[start : start + STOW_BATCH]
-            )
-            + f"--{boundary}--\r\n".encode()
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    bodies = [
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for data in files[start : start + STOW_BATCH]
         )
-        status, _, data = client.request(
-            "POST",
-            "/studies",
-            {
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": "application/dicom+json",
-            },
-            body,
-        )
-        if status not in (200, 202):
-            raise RuntimeError(f"{server.name} STOW: {status} {data[:500]!r}")
-        last = json.loads(data) if data else {}
-    return len(files) / (time.perf_counter() - started), last
+        + f"--{boundary}--\r\n".encode()
+        for start in range(0, len(files), STOW_BATCH)
+    ]
+    clients = [server.http() for server in servers]
+    elapsed = [0.0] * len(servers)
+    last: list[dict[str, Any]] = [{} for _ in servers]
+    for k, body in enumerate(bodies):
+        for turn in range(len(servers)):
+            i = (k + turn) % len(servers)
+            started = time.perf_counter()
+            status, _, data = clients[i].request("POST", "/studies", headers, body)
+            elapsed[i] += time.perf_counter() - started
+            if status not in (200, 202):
+                raise RuntimeError(f"{servers[i].name} STOW: {status} {data[:500]!r}")
+            last[i] = json.loads(data) if data else {}
+    return [
+        (len(files) / seconds, response) for seconds, response in zip(elapsed, last, strict=True)
+    ]
 
 
 def series_instances(server: Server, study: str, series: str) -> list[str]:
@@ -354,9 +368,15 @@ def descendants_of(pid: int) -> list[int]:
     return found
 
 
-def measure(server: Server, files: list[bytes], args: argparse.Namespace) -> dict[str, float]:
-    print(f"  {server.name}: STOW {len(files)} instances ...", flush=True)
-    stow_rate, response = stow(server, files)
+def measure(
+    server: Server,
+    files: list[bytes],
+    stowed: tuple[float, dict[str, Any]],
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Every figure but STOW's (``stowed``: :func:`stow_alternating`'s for this server) on the
+    series the server stored."""
+    stow_rate, response = stowed
     referenced = response["00081199"]["Value"][0]["00081190"]["Value"][0]
     study = referenced.split("/studies/")[1].split("/")[0]
     series = referenced.split("/series/")[1].split("/")[0]
@@ -636,8 +656,13 @@ def main() -> int:
             print(
                 f"\n{name}: {len(files)} instances, {sum(map(len, files)) / 1e6:.0f} MB", flush=True
             )
-            mine = measure(ours.server, files, args)
-            theirs = measure(orthanc_server, files, args) if orthanc else None
+            servers = [ours.server, orthanc_server] if orthanc else [ours.server]
+            print(
+                f"  STOW {len(files)} instances, {' and '.join(s.name for s in servers)} in turn ..."
+            )
+            stowed = stow_alternating(servers, files)
+            mine = measure(ours.server, files, stowed[0], args)
+            theirs = measure(orthanc_server, files, stowed[1], args) if orthanc else None
             report(name, mine, theirs)
             results["datasets"][name] = {"ours": mine, "orthanc": theirs}
         ours_mb = peak_rss_mb(ours.pids())
