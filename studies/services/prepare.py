@@ -9,6 +9,7 @@ once, in order, while the caller writes the files and rows of those already prep
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
@@ -16,6 +17,7 @@ import itertools
 import logging
 import os
 import pickle
+import shutil
 import socket
 import struct
 import subprocess
@@ -639,12 +641,26 @@ def patient_id_of(dataset: Dataset) -> str:
 # ---- helper processes ----------------------------------------------------------------------
 # Parsing, de-identifying and encoding are Python (the GIL): one process prepares one file at a
 # time. A helper process per spare core prepares others meanwhile. Each file travels through a
-# file on tmpfs (written and read in about 0.1 ms for a 0.5 MB slice); the pipe carries only
-# names and descriptions, so a send never blocks and no thread of the caller's process (each
-# of which would wait for the GIL behind the caller's own Python) moves the bytes.
+# file on tmpfs (about 0.3 ms to write or read a 0.5 MB slice); the socket carries only names
+# and descriptions, so a send never blocks and no thread of the caller's process (each of
+# which would wait for the GIL behind the caller's own Python) moves the bytes. The files sit
+# in a folder only this user can open: before de-identification they hold patient data.
 
-_SCRATCH = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+_SCRATCH_ROOT = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+_scratch: tuple[int, Path] | None = None  # (pid, folder) of this process
 _names = itertools.count()
+_scratch_lock = threading.Lock()
+
+
+def _scratch_folder() -> Path:
+    """This process's scratch folder (mode 0700), made on first use, removed at exit."""
+    global _scratch
+    with _scratch_lock:
+        if _scratch is None or _scratch[0] != os.getpid():
+            folder = Path(tempfile.mkdtemp(prefix="ild-prepare-", dir=_SCRATCH_ROOT))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            _scratch = (os.getpid(), folder)
+        return _scratch[1]
 
 
 @dataclass(eq=False)
@@ -689,7 +705,7 @@ class _Helper:
 
     def send(self, slot: _Slot, pickled_deidentifier: bytes | None) -> bool:
         """Hand a file over; False (nothing sent) if it cannot be."""
-        slot.path = str(_SCRATCH / f"ild-prepare-{os.getpid()}-{next(_names)}")
+        slot.path = str(_scratch_folder() / str(next(_names)))
         try:
             with open(slot.path, "xb") as handle:
                 handle.write(slot.item[1])

@@ -72,7 +72,9 @@ def test_helpers_prepare_what_this_process_prepares_in_the_order_given(helpers, 
     assert refused[1].sent.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
     # The helper is kept for the next call, and no file is left on the scratch space.
     assert len(helpers._idle) == 1 and helpers._idle[0].alive()
-    assert not list(prepare._SCRATCH.glob(f"ild-prepare-{os.getpid()}-*"))
+    scratch = prepare._scratch_folder()
+    assert not list(scratch.iterdir())
+    assert scratch.stat().st_mode & 0o777 == 0o700  # files from before de-identification
 
 
 def test_a_single_file_is_prepared_here_without_starting_helpers(helpers):
