@@ -831,29 +831,37 @@ def _deidentifier(pickled: bytes) -> Deidentifier:
 
 
 class _Helpers:
-    """The helpers of this process: idle ones are lent to one ingest call at a time, up to
-    ``processes`` each (a concurrent call gets those left, or none, and prepares in its own
+    """The helpers of this process, at most ``processes`` of them: idle ones are lent to one
+    ingest call at a time (a concurrent call gets those left, or none, and prepares in its own
     process)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
+        self._count = 0  # started and not closed: idle or lent
         self._pid = os.getpid()
 
     def borrow(self, processes: int) -> list[_Helper]:
         with self._lock:
             if self._pid != os.getpid():  # inherited across a fork: not ours to use
-                self._idle, self._pid = [], os.getpid()
-            lent = [h for h in self._idle[:processes] if h.alive()]
-            for helper in self._idle[:processes]:
-                if helper not in lent:
-                    helper.close()
-            self._idle = self._idle[processes:]
+                self._idle, self._count, self._pid = [], 0, os.getpid()
+            dead = [helper for helper in self._idle if not helper.alive()]
+            self._idle = [helper for helper in self._idle if helper not in dead]
+            self._count -= len(dead)
+            lent, self._idle = self._idle[:processes], self._idle[processes:]
+            starting = max(0, processes - self._count)
+            self._count += starting
+        for helper in dead:
+            helper.close()
+        started = 0
         try:
-            while len(lent) < processes:
+            for _ in range(starting):
                 lent.append(_Helper())
+                started += 1
         except OSError as exc:
             logger.warning("ingest prepares files in one process: no helper processes (%s)", exc)
+            with self._lock:
+                self._count -= starting - started
         return lent
 
     def start(self, processes: int) -> None:
@@ -865,6 +873,8 @@ class _Helpers:
         for helper in helpers:
             if helper.broken or not helper.alive():
                 helper.close()
+                with self._lock:
+                    self._count -= 1
                 continue
             with self._lock:
                 self._idle.append(helper)

@@ -149,3 +149,13 @@ def test_the_warm_up_file_takes_every_step_of_a_real_slice():
     assert isinstance(item, Prepared)
     assert item.key is not None and item.key.original_patient_id == "WARM-UP"
     assert item.fields["rows"] == 16 and item.fields["pixel_data_length"] == 512
+
+
+def test_a_concurrent_call_gets_the_helpers_left_and_no_more(helpers):
+    first = helpers.borrow(1)
+    assert len(first) == 1
+    assert helpers.borrow(1) == []  # the one helper is lent: this call prepares here
+    helpers.give_back(first)
+    again = helpers.borrow(1)
+    assert again == first
+    helpers.give_back(again)
