@@ -93,8 +93,11 @@ class Series(BaseModel):
     frame_of_reference_uid = models.CharField(max_length=64, blank=True)
     body_part_examined = models.CharField(max_length=64, blank=True)
     convolution_kernel = models.CharField(max_length=64, blank=True)
-    # summarize_geometry(...).to_dict(): slices, spacing, orientation, gaps, problems.
+    # summarize_geometry(...).to_dict(): slices, spacing, orientation, gaps, problems. Ingest
+    # only marks it stale (instances added since it was made); the first read after that
+    # (selectors.series_for_study) makes it again, once for however many uploads.
     geometry = models.JSONField(default=dict, blank=True)
+    geometry_stale = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["study", "series_number"]

@@ -79,4 +79,13 @@ def search_studies(user: User | AnonymousUser, params: dict[str, Any]) -> QueryS
 
 
 def series_for_study(study: Study) -> QuerySet[Series]:
+    """The study's series with their instance counts, each geometry summary up to date (made
+    again here for the series that ingest has added instances to since it was made)."""
+    stale = list(
+        study.series.filter(geometry_stale=True).values_list("series_instance_uid", flat=True)
+    )
+    if stale:
+        from studies.services.ingest import refresh_series_geometry
+
+        refresh_series_geometry(stale)
     return study.series.annotate(instance_count=Count("instances")).order_by("series_number")

@@ -20,7 +20,7 @@ def _warm() -> None:
     (about 75 ms in all), with the modules views import when first used."""
     from django.urls import NoReverseMatch, get_resolver, reverse
 
-    import inference.dicom.series  # noqa: F401  (series geometry, after every ingest)
+    import inference.dicom.series  # noqa: F401  (series geometry, remade when read)
 
     resolver = get_resolver()
     resolver.reverse_dict  # noqa: B018

@@ -139,7 +139,6 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
             data, item.data = item.data, b""
             yield item.name, data
 
-    # One ingest call per request: one geometry refresh per series, however many batches.
     report = ingest_datasets_bytes(
         parts_to_store(),
         project=project,

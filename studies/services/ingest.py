@@ -183,7 +183,6 @@ def _ingest(
         storage.discard_temps(
             [i.write_soon for i in batch if isinstance(i, Prepared) and i.write_soon is not None]
         )
-    refresh_series_geometry(report.series_uids)
     return report
 
 
@@ -277,6 +276,10 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
                 outcomes.append(item.outcome("stored"))
             if accepted and not _insert_together(accepted):
                 _insert_one_by_one(accepted, outcomes, moves)
+            # With the rows: their series' geometry summaries are remade when next read.
+            Series.objects.filter(pk__in={series.pk for _, series, _ in accepted}).update(
+                geometry_stale=True
+            )
             for temp, final in moves:
                 temp.replace(final)
                 renamed.append(final)
@@ -480,12 +483,19 @@ def _index_hierarchy(
 
 
 def refresh_series_geometry(series_uids: Iterable[str]) -> None:
-    """Recompute each series' geometry summary from the indexed headers (no file reads)."""
+    """Recompute each series' geometry summary from the indexed headers (no file reads).
+
+    The stale mark is cleared before the headers are read: instances a concurrent ingest
+    commits after that read mark the series stale again (in the transaction of their rows), so
+    a summary made from fewer instances never passes for up to date.
+    """
     from inference.dicom.series import summarize_geometry
 
+    uids = list(series_uids)
+    Series.objects.filter(series_instance_uid__in=uids).update(geometry_stale=False)
     rows_by_series: dict[Any, list[tuple[Any, ...]]] = {}
     for row in (
-        Instance.objects.filter(series__series_instance_uid__in=list(series_uids))
+        Instance.objects.filter(series__series_instance_uid__in=uids)
         .order_by()
         .values_list(
             "series_id",

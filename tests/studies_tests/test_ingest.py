@@ -9,12 +9,18 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from studies import selectors
 from studies.models import Instance, Patient, PatientIdentity, Series, Study, UidMapping
-from studies.services import storage
+from studies.services import ingest, storage
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("helper_processes")]
+
+
+def geometry_of(series: Series) -> dict:
+    """The series' geometry summary as the study page and API read it."""
+    return selectors.series_for_study(series.study).get(pk=series.pk).geometry
 
 
 def test_it_stores_a_series_once_with_geometry(project):
@@ -23,8 +29,9 @@ def test_it_stores_a_series_once_with_geometry(project):
     assert (report.stored, report.duplicate, report.rejected) == (4, 0, 0)
     series = Series.objects.get()
     assert series.instances.count() == 4
-    assert series.geometry["n_slices"] == 4
-    assert series.geometry["slice_spacing_mm"] == pytest.approx(2.0)
+    geometry = geometry_of(series)
+    assert geometry["n_slices"] == 4
+    assert geometry["slice_spacing_mm"] == pytest.approx(2.0)
     for instance in Instance.objects.all():
         stored = storage.absolute(instance.file).read_bytes()
         assert storage.sha256_hex(stored) == instance.sha256
@@ -229,7 +236,7 @@ def test_an_instance_stored_meanwhile_by_another_writer_is_a_duplicate(project):
         report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
     assert [o.status for o in report.outcomes] == ["duplicate", "stored"]
     assert Instance.objects.count() == 2
-    assert Series.objects.get().geometry["n_slices"] == 2
+    assert geometry_of(Series.objects.get())["n_slices"] == 2
     leftovers = [p.name for p in storage.storage_root().rglob("*.part")]
     assert leftovers == []
 
@@ -255,7 +262,26 @@ def test_the_geometry_summary_reports_a_missing_slice(project):
     study, series = generate_uid(), generate_uid()
     files = [to_bytes(ct_slice(study_uid=study, series_uid=series, index=i)) for i in (0, 1, 2, 4)]
     ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
-    geometry = Series.objects.get().geometry
+    geometry = geometry_of(Series.objects.get())
     assert geometry["n_slices"] == 4
     assert geometry["max_slice_spacing_mm"] == pytest.approx(4.0)
     assert geometry["gaps"], geometry
+
+
+def test_ingest_marks_the_geometry_stale_and_the_first_read_remakes_it_once(project):
+    study, series_uid = generate_uid(), generate_uid()
+    files = [to_bytes(ct_slice(study_uid=study, series_uid=series_uid, index=i)) for i in range(5)]
+    ingest_datasets_bytes(enumerate_names(files[:2]), project=project, deidentify=False)
+    series = Series.objects.get()
+    assert series.geometry_stale and series.geometry == {}  # not made at ingest
+    assert geometry_of(series)["n_slices"] == 2
+    ingest_datasets_bytes(enumerate_names(files[2:]), project=project, deidentify=False)
+    assert Series.objects.get().geometry_stale
+    with mock.patch(
+        "studies.services.ingest.refresh_series_geometry",
+        wraps=ingest.refresh_series_geometry,
+    ) as refresh:
+        assert geometry_of(series)["n_slices"] == 5
+        assert geometry_of(series)["n_slices"] == 5
+    assert refresh.call_count == 1
+    assert not Series.objects.get().geometry_stale
