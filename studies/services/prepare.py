@@ -741,7 +741,14 @@ class _Helper:
             if kind == "prepared":
                 with open(slot.path + ".out", "rb") as handle:
                     answer.data = handle.read()
-        except (OSError, EOFError):
+        except (OSError, EOFError) as exc:
+            logger.warning(
+                "ingest helper %s failed (%r, exit code %s): its %d file(s) are prepared by the caller",
+                self.process.pid,
+                exc,
+                self.process.poll(),
+                len(self.waiting),
+            )
             self.broken = True
             for lost in self.waiting:
                 _remove(*lost.files())

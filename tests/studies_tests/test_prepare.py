@@ -84,7 +84,7 @@ def test_a_single_file_is_prepared_here_without_starting_helpers(helpers):
     assert helpers._idle == []
 
 
-def test_files_whose_helper_died_are_prepared_here(helpers, monkeypatch):
+def test_files_whose_helper_died_are_prepared_here(helpers, monkeypatch, caplog):
     items = mixed_items()
     real_send = prepare._Helper.send
     sent = []
@@ -98,7 +98,9 @@ def test_files_whose_helper_died_are_prepared_here(helpers, monkeypatch):
         return ok
 
     monkeypatch.setattr(prepare._Helper, "send", send_then_die)
-    out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    with caplog.at_level(logging.WARNING, logger="studies.services.prepare"):
+        out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert "prepared by the caller" in caplog.text
     assert sent[:2] == [True, True]
     assert [comparable(i) for i in out] == prepared_here(items)
     # The dead helper is not kept; the next call starts a working one.
