@@ -119,7 +119,7 @@ DEIDENTIFICATION_SECRET = env_str("ILD_DEIDENTIFICATION_SECRET", SECRET_KEY)
 # files on besides its own (parsing, de-identifying, encoding are per-file Python): one per
 # spare core by default, at most 2; 0 prepares every file in the calling process.
 INGEST_HELPER_PROCESSES = env_int(
-    "ILD_INGEST_HELPER_PROCESSES", max(0, min(2, (os.cpu_count() or 1) - 1))
+    "ILD_INGEST_HELPER_PROCESSES", max(0, min(2, len(os.sched_getaffinity(0)) - 1))
 )
 
 REST_FRAMEWORK = {
