@@ -993,10 +993,10 @@ class Preparer:
                         break
                     slot = _Slot(item)
                     window.append(slot)
-                    if helper.send(slot, self._pickled):
-                        owner[slot] = helper
-                    else:
+                    if not helper.send(slot, self._pickled):  # no scratch space, or no helper
                         slot.result = here(item)
+                        break
+                    owner[slot] = helper
             if not window:  # every helper broken (or the source done)
                 item = None if exhausted else next(source, None)
                 if item is None:

@@ -161,3 +161,15 @@ def test_a_concurrent_call_gets_the_helpers_left_and_no_more(helpers):
     again = helpers.borrow(1)
     assert again == first
     helpers.give_back(again)
+
+
+def test_without_scratch_space_files_are_prepared_here_and_the_helper_kept(
+    helpers, monkeypatch, tmp_path
+):
+    items = mixed_items()
+    expected = prepared_here(items)
+    monkeypatch.setattr(prepare, "_scratch_folder", lambda: tmp_path / "gone")  # every write fails
+    out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
+    assert [comparable(i) for i in out] == expected
+    assert all(i.digest_soon is not None for i in out if isinstance(i, Prepared))  # all here
+    assert len(helpers._idle) == 1 and helpers._idle[0].alive()
