@@ -170,6 +170,6 @@ def test_without_scratch_space_files_are_prepared_here_and_the_helper_kept(
     expected = prepared_here(items)
     monkeypatch.setattr(prepare, "_scratch_folder", lambda: tmp_path / "gone")  # every write fails
     out = list(Preparer(DEIDENTIFIER, 1).prepare_all(items))
-    assert [comparable(i) for i in out] == expected
     assert all(i.digest_soon is not None for i in out if isinstance(i, Prepared))  # all here
+    assert [comparable(i) for i in out] == expected
     assert len(helpers._idle) == 1 and helpers._idle[0].alive()
