@@ -9,6 +9,7 @@ from django.db.models import Count, QuerySet
 
 from core.access import projects_for
 from studies.models import Instance, Patient, PftResult, Series, Study
+from studies.services.geometry import refresh_series_geometry
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
@@ -81,11 +82,9 @@ def search_studies(user: User | AnonymousUser, params: dict[str, Any]) -> QueryS
 def series_for_study(study: Study) -> QuerySet[Series]:
     """The study's series with their instance counts, each geometry summary up to date (made
     again here for the series that ingest has added instances to since it was made)."""
-    stale = list(
-        study.series.filter(geometry_stale=True).values_list("series_instance_uid", flat=True)
-    )
-    if stale:
-        from studies.services.ingest import refresh_series_geometry
-
-        refresh_series_geometry(stale)
-    return study.series.annotate(instance_count=Count("instances")).order_by("series_number")
+    series = study.series.annotate(instance_count=Count("instances")).order_by("series_number")
+    stale = [s.series_instance_uid for s in series if s.geometry_stale]
+    if not stale:
+        return series  # evaluated: the caller reads these rows
+    refresh_series_geometry(stale)
+    return series.all()

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from pydicom.dataset import Dataset
 
 from core.models import Project
 from studies.archive import ArchiveError, RejectedInput, expand_inputs
@@ -59,7 +58,6 @@ __all__ = [
     "make_deidentifier",
     "parse_ct_instance",
     "read_dicom",
-    "refresh_series_geometry",
 ]
 
 logger = logging.getLogger(__name__)
@@ -480,62 +478,3 @@ def _index_hierarchy(
     if series.study_id != study.pk:
         raise RejectedFile(f"SeriesInstanceUID {series_uid} is already stored under another study")
     return series
-
-
-def refresh_series_geometry(series_uids: Iterable[str]) -> None:
-    """Recompute each series' geometry summary from the indexed headers (no file reads).
-
-    The stale mark is cleared before the headers are read: instances a concurrent ingest
-    commits after that read mark the series stale again (in the transaction of their rows), so
-    a summary made from fewer instances never passes for up to date.
-    """
-    from inference.dicom.series import summarize_geometry
-
-    uids = list(series_uids)
-    Series.objects.filter(series_instance_uid__in=uids).update(geometry_stale=False)
-    rows_by_series: dict[Any, list[tuple[Any, ...]]] = {}
-    for row in (
-        Instance.objects.filter(series__series_instance_uid__in=uids)
-        .order_by()
-        .values_list(
-            "series_id",
-            "sop_instance_uid",
-            "rows",
-            "columns",
-            "instance_number",
-            "image_position_patient",
-            "image_orientation_patient",
-            "pixel_spacing",
-        )
-    ):
-        rows_by_series.setdefault(row[0], []).append(row[1:])
-    for series_pk, rows in rows_by_series.items():
-        headers = [
-            _Header(
-                SOPInstanceUID=sop_uid,
-                Rows=n_rows,
-                Columns=n_columns,
-                InstanceNumber=number,
-                ImagePositionPatient=position,
-                ImageOrientationPatient=orientation,
-                PixelSpacing=spacing,
-            )
-            for sop_uid, n_rows, n_columns, number, position, orientation, spacing in rows
-        ]
-        try:
-            geometry = summarize_geometry(cast("list[Dataset]", headers)).to_dict()
-        except Exception as exc:
-            geometry = {"n_slices": len(headers), "problems": [str(exc)]}
-        Series.objects.filter(pk=series_pk).update(geometry=geometry)
-
-
-class _Header(dict[str, Any]):
-    """An indexed instance's geometry attributes, read like a header-only Dataset
-    (``ds.get("PixelSpacing")``, ``ds.Rows``). Building real Datasets for every slice of the
-    series on every upload cost 0.3 ms a slice; a 400-slice series is refreshed per request."""
-
-    def __getattr__(self, keyword: str) -> Any:
-        value = self.get(keyword)
-        if value is None:
-            raise AttributeError(keyword)
-        return value

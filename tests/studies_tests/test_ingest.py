@@ -11,7 +11,8 @@ from pydicom.uid import generate_uid
 
 from studies import selectors
 from studies.models import Instance, Patient, PatientIdentity, Series, Study, UidMapping
-from studies.services import ingest, storage
+from studies.services import storage
+from studies.services.geometry import refresh_series_geometry
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
@@ -278,8 +279,7 @@ def test_ingest_marks_the_geometry_stale_and_the_first_read_remakes_it_once(proj
     ingest_datasets_bytes(enumerate_names(files[2:]), project=project, deidentify=False)
     assert Series.objects.get().geometry_stale
     with mock.patch(
-        "studies.services.ingest.refresh_series_geometry",
-        wraps=ingest.refresh_series_geometry,
+        "studies.selectors.refresh_series_geometry", wraps=refresh_series_geometry
     ) as refresh:
         assert geometry_of(series)["n_slices"] == 5
         assert geometry_of(series)["n_slices"] == 5
