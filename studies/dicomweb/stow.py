@@ -24,8 +24,8 @@ from studies.dicomweb import selectors
 from studies.dicomweb.dicomjson import attr
 from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
 from studies.dicomweb.selectors import Scope
-from studies.services.ingest import FileOutcome, Item, SentUids, ingest_datasets_bytes
-from studies.services.prepare import read_sent_uids
+from studies.services.ingest import ingest_datasets_bytes
+from studies.services.prepare import FileOutcome, Item, SentUids, read_sent_uids
 
 # PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
 PROCESSING_FAILURE = 0x0110

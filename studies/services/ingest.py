@@ -39,26 +39,8 @@ from studies.services.prepare import (
     RejectedFile,
     SentUids,
     Status,
-    encode,
-    parse_ct_instance,
     parse_da,
-    read_dicom,
 )
-
-__all__ = [
-    "FileOutcome",
-    "IngestReport",
-    "Item",
-    "RejectedFile",
-    "SentUids",
-    "encode",
-    "ingest_bytes",
-    "ingest_datasets_bytes",
-    "ingest_paths",
-    "make_deidentifier",
-    "parse_ct_instance",
-    "read_dicom",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +121,6 @@ def ingest_datasets_bytes(
     return _ingest(items, project=project, deidentify=deidentify, admit=admit)
 
 
-def ingest_bytes(
-    name: str, data: bytes, *, project: Project, deidentifier: Deidentifier | None
-) -> FileOutcome:
-    """Ingest one file in its own transaction."""
-    item = Preparer(deidentifier).here(name, data)
-    return _store_batch([_start_write(item, None)], project=project)[0]
-
-
 def _ingest(
     items: Iterable[Item | FileOutcome],
     *,
@@ -189,7 +163,7 @@ def _admitted(item: Prepared | FileOutcome, admit: Admit | None) -> Prepared | F
         return item
     reason = admit(item.sent)
     if reason:
-        return FileOutcome(item.name, "rejected", reason, sent=item.sent)
+        return item.outcome("rejected", reason)
     return item
 
 

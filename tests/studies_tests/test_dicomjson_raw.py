@@ -22,7 +22,7 @@ from pydicom.tag import Tag
 
 from studies.dicomweb import dicomjson
 from studies.raw_elements import raw_is_canonical
-from studies.services import ingest
+from studies.services import ingest, prepare
 from tests.studies_tests.test_native_encoding import odd_values_slice, pydicom_encode, rich_slice
 
 # The odd values are odd on purpose; pydicom says so for each.
@@ -99,7 +99,7 @@ def test_json_of_built_slices_is_unchanged(implicit):
 
 def test_json_of_real_ct_is_unchanged(real_data):
     for path in sorted(real_data("popi-00-ct").glob("*.dcm"))[::10]:
-        same_json(path.read_bytes(), ingest.parse_ct_instance)
+        same_json(path.read_bytes(), prepare.parse_ct_instance)
 
 
 def test_json_of_real_explicit_files_is_unchanged(real_data):

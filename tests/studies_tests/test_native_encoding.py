@@ -151,7 +151,7 @@ def test_raw_copied_elements_of_real_implicit_ct_encode_as_converted(real_data):
     for path in sorted(folder.glob("*.dcm"))[::20]:
         data = path.read_bytes()
         assert read(data).original_encoding == (True, True)
-        raw_copy_cases(data, ingest.parse_ct_instance)
+        raw_copy_cases(data, prepare.parse_ct_instance)
 
 
 def test_raw_copied_elements_of_real_explicit_files_encode_as_converted(real_data):
