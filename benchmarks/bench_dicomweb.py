@@ -350,16 +350,21 @@ def peak_rss_mb(pids: list[int]) -> float:
     return sum(orthanc_harness.peak_rss_kb(pid) for pid in pids) / 1024
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None once the
+    process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def descendants_of(pid: int) -> list[int]:
     """Every process below ``pid``: gunicorn's workers and the ingest helpers they start."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := proc_stat(entry.name)) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         children = parents.get(todo.pop(), [])
@@ -436,11 +441,8 @@ def cpu_seconds(pids: list[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
+        if (fields := proc_stat(pid)) is not None:
+            total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
