@@ -948,7 +948,6 @@ class Preparer:
     def __init__(self, deidentifier: Deidentifier | None, processes: int = 0) -> None:
         self.deidentifier = deidentifier
         self.processes = max(0, processes)
-        self._pickled = None if deidentifier is None else pickle.dumps(deidentifier)
 
     def here(self, name: str, data: bytes) -> Prepared | FileOutcome:
         item = prepare(name, data, self.deidentifier)
@@ -981,6 +980,7 @@ class Preparer:
         def here(item: Item) -> Prepared | FileOutcome:
             return self.here(*item)
 
+        pickled = None if self.deidentifier is None else pickle.dumps(self.deidentifier)
         window: deque[_Slot] = deque()  # every file not yet yielded, in the order given
         owner: dict[_Slot, _Helper] = {}
         exhausted = False
@@ -993,7 +993,7 @@ class Preparer:
                         break
                     slot = _Slot(item)
                     window.append(slot)
-                    if not helper.send(slot, self._pickled):  # no scratch space, or no helper
+                    if not helper.send(slot, pickled):  # no scratch space, or no helper
                         slot.result = here(item)
                         break
                     owner[slot] = helper

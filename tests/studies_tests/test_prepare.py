@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import time
 
@@ -131,7 +132,7 @@ def test_a_file_the_helper_has_not_started_is_taken_back(helpers):
     os.kill(helper.process.pid, signal.SIGSTOP)  # it cannot claim anything yet
     try:
         slots = [prepare._Slot(item) for item in items]
-        assert all(helper.send(slot, preparer._pickled) for slot in slots)
+        assert all(helper.send(slot, pickle.dumps(DEIDENTIFIER)) for slot in slots)
         assert helper.take_back(lambda item: preparer.here(*item))
         assert slots[1].result is not None and slots[0].result is None
         assert not os.path.exists(slots[1].path)
