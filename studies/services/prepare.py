@@ -203,10 +203,12 @@ class Prepared:
 
 def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> Prepared | FileOutcome:
     """Validate, de-identify and describe one file; the digest is left to the caller."""
-    sent = SentUids()
     try:
         dataset = read_dicom(data)
-        sent = SentUids.of(dataset)
+    except RejectedFile as exc:  # not readable in full: the UIDs a header-only read finds
+        return FileOutcome(name, "rejected", str(exc), sent=read_sent_uids(data))
+    sent = SentUids.of(dataset)
+    try:
         dataset = parse_ct_instance(data, dataset)
         key: DeidentificationKey | None = None
         if deidentifier is not None:
@@ -215,8 +217,6 @@ def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> Prepar
             data = encode(dataset)
         return _describe(name, dataset, data, key, sent)
     except RejectedFile as exc:
-        if sent == SentUids():  # not read in full: what a header-only read finds
-            sent = read_sent_uids(data)
         return FileOutcome(name, "rejected", str(exc), sent=sent)
     except DeidentificationError as exc:
         return FileOutcome(name, "rejected", f"cannot de-identify: {exc}", sent=sent)
