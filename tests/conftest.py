@@ -103,7 +103,11 @@ def isolated_storage(settings, tmp_path):
 
 
 @pytest.fixture(params=[0, 1], ids=["one-process", "helper-process"])
-def helper_processes(request, settings):
-    """The test twice: ingest prepares files in the test's process, and on a helper process."""
+def helper_processes(request, settings, isolated_storage):
+    """The test twice: ingest prepares files in the test's process, and on a helper process.
+
+    Either way, no temporary file is left in the store afterwards: every file written beside
+    its place (by an I/O thread or a helper) is renamed into place or removed."""
     settings.INGEST_HELPER_PROCESSES = request.param
-    return request.param
+    yield request.param
+    assert [p for p in isolated_storage.rglob("*.part")] == []

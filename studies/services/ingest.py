@@ -130,7 +130,9 @@ def _ingest(
 ) -> IngestReport:
     report = IngestReport()
     preparer = Preparer(
-        make_deidentifier() if deidentify else None, int(settings.INGEST_HELPER_PROCESSES)
+        make_deidentifier() if deidentify else None,
+        int(settings.INGEST_HELPER_PROCESSES),
+        write_to=storage.storage_root(),
     )
     known = _KnownInstances()
 
@@ -163,6 +165,7 @@ def _admitted(item: Prepared | FileOutcome, admit: Admit | None) -> Prepared | F
         return item
     reason = admit(item.sent)
     if reason:
+        item.discard_write()
         return item.outcome("rejected", reason)
     return item
 
@@ -171,9 +174,12 @@ def _start_write(
     item: Prepared | FileOutcome, known: _KnownInstances | None
 ) -> Prepared | FileOutcome:
     """Start writing a prepared file (beside its final place, on an I/O thread) unless its SOP
-    Instance UID is already stored in its series (a resend, most likely a duplicate)."""
-    if isinstance(item, Prepared) and not (
-        known is not None and known.holds(item.series_uid, item.sop_uid)
+    Instance UID is already stored in its series (a resend, most likely a duplicate), or a
+    helper process has written it already."""
+    if (
+        isinstance(item, Prepared)
+        and item.write_soon is None
+        and not (known is not None and known.holds(item.series_uid, item.sop_uid))
     ):
         item.write_soon = storage.write_durable_temp_soon(item.relpath, item.data)
     return item

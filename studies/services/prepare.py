@@ -163,14 +163,14 @@ class Prepared:
     rows need."""
 
     name: str
-    data: bytes
+    data: bytes  # empty once a helper process has written them (``write_soon``)
     key: DeidentificationKey | None
     sent: SentUids
     hierarchy: Hierarchy
     relpath: str
     fields: dict[str, Any]
     digest: str = ""
-    # SHA-256 of ``data`` and the durable temporary file, made on an I/O thread.
+    # SHA-256 of ``data`` and the durable temporary file, made on an I/O thread (or done).
     digest_soon: Future[str] | None = None
     write_soon: Future[Path] | None = None
 
@@ -192,6 +192,12 @@ class Prepared:
             self.sent,
             self.hierarchy.study_instance_uid,
         )
+
+    def discard_write(self) -> None:
+        """Remove the temporary file written for this file, if any: it will not be stored."""
+        if self.write_soon is not None:
+            storage.discard_temps([self.write_soon])
+            self.write_soon = None
 
     def resolve_digest(self) -> str:
         if self.digest_soon is not None:
@@ -640,11 +646,14 @@ def patient_id_of(dataset: Dataset) -> str:
 
 # ---- helper processes ----------------------------------------------------------------------
 # Parsing, de-identifying and encoding are Python (the GIL): one process prepares one file at a
-# time. A helper process per spare core prepares others meanwhile. Each file travels through a
-# file on tmpfs (about 0.3 ms to write or read a 0.5 MB slice); the socket carries only names
-# and descriptions, so a send never blocks and no thread of the caller's process (each of
-# which would wait for the GIL behind the caller's own Python) moves the bytes. The files sit
-# in a folder only this user can open: before de-identification they hold patient data.
+# time. A helper process per spare core prepares others meanwhile. Each file reaches a helper
+# through a file on tmpfs (about 0.15 ms to write a 0.5 MB slice) in a folder only this user
+# can open (before de-identification it holds patient data); the socket carries only names and
+# descriptions, so a send never blocks and no thread of the caller's process (each of which
+# would wait for the GIL behind the caller's own Python) moves the bytes. The helper writes
+# what it prepared straight to a durable temporary file beside its place in the store, as the
+# caller's I/O threads do for the files it prepares itself: the bytes come back only for a file
+# already in its place (a resend, most likely), which the caller may not need to write at all.
 
 _SCRATCH_ROOT = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
 _scratch: tuple[int, Path] | None = None  # (pid, folder) of this process
@@ -673,8 +682,8 @@ class _Slot:
     result: Prepared | FileOutcome | None = None
     path: str = ""
 
-    def files(self) -> tuple[str, str, str]:
-        return self.path, self.path + ".claimed", self.path + ".out"
+    def files(self) -> tuple[str, str]:
+        return self.path, self.path + ".claimed"
 
 
 class _Helper:
@@ -703,13 +712,14 @@ class _Helper:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, slot: _Slot, pickled_deidentifier: bytes | None) -> bool:
-        """Hand a file over; False (nothing sent) if it cannot be."""
+    def send(self, slot: _Slot, pickled_deidentifier: bytes | None, write_to: str) -> bool:
+        """Hand a file over, to be written prepared under the store ``write_to``; False
+        (nothing sent) if it cannot be."""
         slot.path = str(_scratch_folder() / str(next(_names)))
         try:
             with open(slot.path, "xb") as handle:
                 handle.write(slot.item[1])
-            self.conn.send((slot.path, slot.item[0], pickled_deidentifier))
+            self.conn.send((slot.path, slot.item[0], pickled_deidentifier, write_to))
         except OSError:  # scratch space full, or the helper gone
             _remove(*slot.files())
             self.broken = not self.alive()
@@ -737,10 +747,9 @@ class _Helper:
         try:
             if not block and not self.conn.poll():
                 return
-            kind, answer = self.conn.recv()
-            if kind == "prepared":
-                with open(slot.path + ".out", "rb") as handle:
-                    answer.data = handle.read()
+            kind, answer, temp = self.conn.recv()
+            if temp:  # the prepared bytes are in this file, on disk
+                answer.write_soon = storage.written(Path(temp))
         except (OSError, EOFError) as exc:
             logger.warning(
                 "ingest helper %s failed (%r, exit code %s): its %d file(s) are prepared by the caller",
@@ -764,9 +773,12 @@ class _Helper:
         slot.result = answer if kind != "error" else fallback(slot.item)
 
     def drain(self) -> None:
-        """Wait for the answers nobody will read, and remove their files."""
+        """Wait for the answers nobody will read, and remove their files (the ones in the
+        store too)."""
         while self.waiting and not self.broken:
+            slot = self.waiting[0]
             self.receive(lambda item: FileOutcome(item[0], "rejected"), block=True)
+            _discard(slot.result)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -789,6 +801,12 @@ def _import_path() -> str:
     return root + (os.pathsep + inherited if inherited else "")
 
 
+def _discard(result: Prepared | FileOutcome | None) -> None:
+    """Remove the temporary file a helper wrote for a result nobody will store."""
+    if isinstance(result, Prepared):
+        result.discard_write()
+
+
 def _remove(*paths: str) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -807,12 +825,12 @@ def serve(fd: int) -> None:
             return
         if task is None:
             return
-        path, name, pickled = task
+        path, name, pickled, write_to = task
         claimed = path + ".claimed"
         try:
             os.rename(path, claimed)
         except FileNotFoundError:  # taken back by the caller
-            conn.send(("gone", None))
+            conn.send(("gone", None, ""))
             continue
         try:
             with open(claimed, "rb") as handle:
@@ -821,14 +839,17 @@ def serve(fd: int) -> None:
             item = prepare(name, data, None if pickled is None else _deidentifier(pickled))
             if isinstance(item, Prepared):
                 item.digest = storage.sha256_hex(item.data)
-                with open(path + ".out", "xb") as handle:
-                    handle.write(item.data)
+                final = Path(write_to) / item.relpath
+                if final.exists():  # stored before, most likely (a resend): the bytes go back,
+                    conn.send(("prepared", item, ""))  # and the caller decides
+                    continue
+                temp = storage.write_temp_next_to(final, item.data)
                 item.data = b""
-                conn.send(("prepared", item))
+                conn.send(("prepared", item, str(temp)))
             else:
-                conn.send(("refused", item))
+                conn.send(("refused", item, ""))
         except Exception:  # prepared again by the caller, which raises it with its traceback
-            conn.send(("error", None))
+            conn.send(("error", None, ""))
 
 
 @functools.lru_cache(maxsize=4)
@@ -941,13 +962,26 @@ class Preparer:
 
     Each helper has up to two files at a time; while the oldest is not back, this process
     prepares the next file itself, so every core works and files still come out in order. Files
-    whose helper failed are prepared here. ``processes=0``, or a single file, prepares
-    everything here.
+    whose helper failed are prepared here. ``processes=0``, a single file, or no ``write_to``
+    prepares everything here.
+
+    A file a helper prepared comes back without its bytes (``data`` is empty): the helper has
+    written them to a durable temporary file beside its place under the store ``write_to``
+    (``write_soon``, done), which the caller renames into place or removes. When a file is
+    already in its place (a resend, most likely), the helper writes nothing and its bytes come
+    back.
     """
 
-    def __init__(self, deidentifier: Deidentifier | None, processes: int = 0) -> None:
+    def __init__(
+        self,
+        deidentifier: Deidentifier | None,
+        processes: int = 0,
+        *,
+        write_to: Path | None = None,
+    ) -> None:
         self.deidentifier = deidentifier
-        self.processes = max(0, processes)
+        self.write_to = write_to
+        self.processes = max(0, processes) if write_to is not None else 0
 
     def here(self, name: str, data: bytes) -> Prepared | FileOutcome:
         item = prepare(name, data, self.deidentifier)
@@ -970,8 +1004,6 @@ class Preparer:
         try:
             yield from self._with_helpers(helpers, rest)
         finally:
-            for helper in helpers:
-                helper.drain()
             _helpers.give_back(helpers)
 
     def _with_helpers(
@@ -981,7 +1013,28 @@ class Preparer:
             return self.here(*item)
 
         pickled = None if self.deidentifier is None else pickle.dumps(self.deidentifier)
+        assert self.write_to is not None  # no helpers without it
+        write_to = str(self.write_to.absolute())
         window: deque[_Slot] = deque()  # every file not yet yielded, in the order given
+        try:
+            yield from self._window(helpers, source, window, pickled, write_to)
+        finally:  # stopped early: files helpers wrote for results never yielded are removed
+            for helper in helpers:
+                helper.drain()
+            for slot in window:
+                _discard(slot.result)
+
+    def _window(
+        self,
+        helpers: list[_Helper],
+        source: Iterator[Item],
+        window: deque[_Slot],
+        pickled: bytes | None,
+        write_to: str,
+    ) -> Iterator[Prepared | FileOutcome]:
+        def here(item: Item) -> Prepared | FileOutcome:
+            return self.here(*item)
+
         owner: dict[_Slot, _Helper] = {}
         exhausted = False
         while True:
@@ -993,7 +1046,7 @@ class Preparer:
                         break
                     slot = _Slot(item)
                     window.append(slot)
-                    if not helper.send(slot, pickled):  # no scratch space, or no helper
+                    if not helper.send(slot, pickled, write_to):  # no scratch space or helper
                         slot.result = here(item)
                         break
                     owner[slot] = helper

@@ -38,7 +38,12 @@ def sha256_hex(data: bytes) -> str:
 def write_temp_beside(relpath: str, data: bytes) -> Path:
     """Write ``data`` to a temporary file in the final folder and flush it to disk (fsync); the
     caller renames it into place."""
-    final = absolute(relpath)
+    return write_temp_next_to(absolute(relpath), data)
+
+
+def write_temp_next_to(final: Path, data: bytes) -> Path:
+    """``write_temp_beside`` for an absolute final path (no settings read: ingest helper
+    processes call it)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
     try:
@@ -71,6 +76,13 @@ def write_durable_temp_soon(relpath: str, data: bytes) -> Future[Path]:
     the future is done. The caller renames it into place or, via
     ``discard_temps``, removes it."""
     return _io_executor().submit(write_temp_beside, relpath, data)
+
+
+def written(path: Path) -> Future[Path]:
+    """A write that is already done: ``path`` is on disk (fsync)."""
+    done: Future[Path] = Future()
+    done.set_result(path)
+    return done
 
 
 def discard_temps(writes: list[Future[Path]]) -> None:
