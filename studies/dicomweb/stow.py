@@ -25,7 +25,7 @@ from studies.dicomweb.dicomjson import attr
 from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
 from studies.dicomweb.selectors import Scope
 from studies.services.ingest import ingest_datasets_bytes
-from studies.services.prepare import FileOutcome, Item, SentUids, read_sent_uids
+from studies.services.prepare import FileOutcome, Item, Refusal, SentUids, read_sent_uids
 
 # PS3.18 Table I.2-1 / PS3.4 Annex B failure reasons.
 PROCESSING_FAILURE = 0x0110
@@ -34,6 +34,13 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 COERCION = 0xB000
+FAILURE_CODES = {
+    Refusal.UNREADABLE: CANNOT_UNDERSTAND,
+    Refusal.SOP_CLASS: SOP_CLASS_NOT_SUPPORTED,
+    Refusal.INVALID: DOES_NOT_MATCH_SOP_CLASS,
+    Refusal.CONFLICT: DUPLICATE_SOP_INSTANCE,
+    Refusal.PROCESSING: PROCESSING_FAILURE,
+}
 WRITE_ROLES = (Role.COORDINATOR,)
 
 
@@ -84,19 +91,6 @@ def with_preamble(data: bytes) -> bytes:
     if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":
         return b"\x00" * 128 + b"DICM" + data
     return data
-
-
-def _failure_code(reason: str) -> int:
-    text = reason.lower()
-    if "is not ct image storage" in text:
-        return SOP_CLASS_NOT_SUPPORTED
-    if "already stored under sopinstanceuid" in text or "different file is already stored" in text:
-        return DUPLICATE_SOP_INSTANCE
-    if "not a dicom file" in text or "malformed" in text:
-        return CANNOT_UNDERSTAND
-    if "missing" in text or "truncated" in text or "modality is" in text or "no pixel data" in text:
-        return DOES_NOT_MATCH_SOP_CLASS
-    return PROCESSING_FAILURE
 
 
 def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = None) -> StowResult:
@@ -177,7 +171,8 @@ def _response(scope: Scope, sent: list[_Part], outcomes: dict[int, FileOutcome])
             referenced.append(dict(sorted(entry.items())))
             continue
         reason = item.refusal or (outcome.reason if outcome else "not processed")
-        code = CANNOT_UNDERSTAND if item.refusal else _failure_code(reason)
+        refusal = Refusal.UNREADABLE if item.refusal else outcome and outcome.refusal
+        code = FAILURE_CODES[refusal or Refusal.PROCESSING]
         failed.append(
             {
                 "00000902": attr("LO", f"{item.name}: {reason}"[:64]),

@@ -36,6 +36,7 @@ from studies.services.prepare import (
     Item,
     Prepared,
     Preparer,
+    Refusal,
     RejectedFile,
     SentUids,
     Status,
@@ -240,7 +241,7 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
                 try:
                     series = hierarchy.series_for(item.hierarchy, item.key)
                 except RejectedFile as exc:
-                    outcomes.append(_rejected(item, str(exc)))
+                    outcomes.append(item.outcome("rejected", str(exc), exc.refusal))
                     continue
                 stored[item.sop_uid] = item.digest
                 write = item.write_soon
@@ -408,17 +409,14 @@ def _indexed_series(hierarchy: Hierarchy, project: Project) -> Series | None:
     return series
 
 
-def _rejected(item: Prepared, reason: str) -> FileOutcome:
-    return item.outcome("rejected", reason)
-
-
 def _duplicate_or_conflict(item: Prepared, stored_digest: str) -> FileOutcome:
     if stored_digest == item.digest:
         return item.outcome("duplicate", "identical instance already stored")
-    return _rejected(
-        item,
+    return item.outcome(
+        "rejected",
         f"a different file is already stored under SOPInstanceUID {item.sop_uid}; "
         "the stored instance was kept (send a new SOPInstanceUID for a corrected image)",
+        Refusal.CONFLICT,
     )
 
 

@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from copy import copy
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -82,8 +83,22 @@ PIXEL_DATA_TAG = 0x7FE00010
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
+class Refusal(StrEnum):
+    """Why a file was refused, in the classes a DICOM peer is told (STOW-RS failure reasons)."""
+
+    UNREADABLE = "unreadable"  # not DICOM, or not parseable
+    SOP_CLASS = "sop-class"  # a SOP class this store does not take
+    INVALID = "invalid"  # missing or inconsistent attributes for its SOP class
+    CONFLICT = "conflict"  # a different file is stored under its SOP Instance UID
+    PROCESSING = "processing"  # anything else: another patient's study, de-identification
+
+
 class RejectedFile(Exception):
     """The file cannot be stored; the message says what is wrong with it."""
+
+    def __init__(self, message: str, refusal: Refusal = Refusal.PROCESSING) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -133,12 +148,18 @@ class FileOutcome:
     series_instance_uid: str = ""
     sent: SentUids = SentUids()
     study_instance_uid: str = ""
+    refusal: Refusal | None = None  # set when rejected
+
+    def __post_init__(self) -> None:
+        if self.status == "rejected" and self.refusal is None:
+            self.refusal = Refusal.PROCESSING
 
     def to_dict(self) -> dict[str, str]:
         return {
             "name": self.name,
             "status": self.status,
             "reason": self.reason,
+            "refusal": str(self.refusal or ""),
             "sop_instance_uid": self.sop_instance_uid,
             "series_instance_uid": self.series_instance_uid,
         }
@@ -182,7 +203,9 @@ class Prepared:
     def series_uid(self) -> str:
         return self.hierarchy.series_instance_uid
 
-    def outcome(self, status: Status, reason: str = "") -> FileOutcome:
+    def outcome(
+        self, status: Status, reason: str = "", refusal: Refusal | None = None
+    ) -> FileOutcome:
         return FileOutcome(
             self.name,
             status,
@@ -191,6 +214,7 @@ class Prepared:
             self.series_uid,
             self.sent,
             self.hierarchy.study_instance_uid,
+            refusal,
         )
 
     def discard_write(self) -> None:
@@ -212,7 +236,9 @@ def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> Prepar
     try:
         dataset = read_dicom(data)
     except RejectedFile as exc:  # not readable in full: the UIDs a header-only read finds
-        return FileOutcome(name, "rejected", str(exc), sent=read_sent_uids(data))
+        return FileOutcome(
+            name, "rejected", str(exc), sent=read_sent_uids(data), refusal=exc.refusal
+        )
     sent = SentUids.of(dataset)
     try:
         dataset = parse_ct_instance(data, dataset)
@@ -223,7 +249,7 @@ def prepare(name: str, data: bytes, deidentifier: Deidentifier | None) -> Prepar
             data = encode(dataset)
         return _describe(name, dataset, data, key, sent)
     except RejectedFile as exc:
-        return FileOutcome(name, "rejected", str(exc), sent=sent)
+        return FileOutcome(name, "rejected", str(exc), sent=sent, refusal=exc.refusal)
     except DeidentificationError as exc:
         return FileOutcome(name, "rejected", f"cannot de-identify: {exc}", sent=sent)
 
@@ -291,10 +317,11 @@ def read_dicom(data: bytes) -> Dataset:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise RejectedFile(
-            "not a DICOM file: no 'DICM' preamble (DICOM PS3.10 file expected)"
+            "not a DICOM file: no 'DICM' preamble (DICOM PS3.10 file expected)",
+            Refusal.UNREADABLE,
         ) from None
     except Exception as exc:
-        raise RejectedFile(f"malformed DICOM: {exc}") from None
+        raise RejectedFile(f"malformed DICOM: {exc}", Refusal.UNREADABLE) from None
 
 
 def parse_ct_instance(data: bytes, dataset: Dataset | None = None) -> Dataset:
@@ -316,24 +343,27 @@ def parse_ct_instance(data: bytes, dataset: Dataset | None = None) -> Dataset:
         described = pydicom.uid.UID(sop_class).name if sop_class else "missing"
         raise RejectedFile(
             f"SOP class {sop_class or '(none)'} ({described}) is not CT Image Storage "
-            f"({CT_IMAGE_STORAGE}); only axial CT images are accepted"
+            f"({CT_IMAGE_STORAGE}); only axial CT images are accepted",
+            Refusal.SOP_CLASS,
         )
     if not dataset.get("SOPInstanceUID"):
-        raise RejectedFile("missing SOPInstanceUID (0008,0018)")
+        raise RejectedFile("missing SOPInstanceUID (0008,0018)", Refusal.INVALID)
     missing = [f"{kw} {tag}" for kw, tag in REQUIRED_ATTRIBUTES if dataset.get(kw) in (None, "")]
     if missing:
         raise RejectedFile(
             "missing required attributes: "
             + ", ".join(missing)
-            + "; re-export the series with full headers"
+            + "; re-export the series with full headers",
+            Refusal.INVALID,
         )
     if "PixelData" not in dataset:
-        raise RejectedFile("no Pixel Data (7FE0,0010)")
+        raise RejectedFile("no Pixel Data (7FE0,0010)", Refusal.INVALID)
     if not dataset.get("Modality"):
         dataset.Modality = "CT"  # implied by the SOP class
     elif dataset.Modality != "CT":
         raise RejectedFile(
-            f"Modality is {dataset.Modality!r} but the SOP class is CT Image Storage"
+            f"Modality is {dataset.Modality!r} but the SOP class is CT Image Storage",
+            Refusal.INVALID,
         )
     syntax = str(meta.get("TransferSyntaxUID", ""))
     if syntax in NATIVE_SYNTAXES:
@@ -346,7 +376,9 @@ def parse_ct_instance(data: bytes, dataset: Dataset | None = None) -> Dataset:
         )
         actual = len(dataset.PixelData)
         if actual < expected:
-            raise RejectedFile(f"truncated Pixel Data: {actual} bytes, {expected} expected")
+            raise RejectedFile(
+                f"truncated Pixel Data: {actual} bytes, {expected} expected", Refusal.INVALID
+            )
     return dataset
 
 

@@ -58,6 +58,27 @@ def test_partial_failure_is_202_with_reasons(api_client_for, coordinator):
     assert "not CT Image Storage" in response["Warning"]
 
 
+def test_each_failure_reason_has_its_code(api_client_for, coordinator):
+    client = api_client_for(coordinator)
+    kept = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    post(client, "/dicomweb/studies", multipart([to_bytes(kept)]))
+    changed = ct_slice(study_uid=kept.StudyInstanceUID, series_uid=kept.SeriesInstanceUID, index=0)
+    changed.SOPInstanceUID = kept.SOPInstanceUID  # another image under a stored UID
+    changed.PixelData = bytes(len(changed.PixelData))
+    no_position = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    del no_position.ImagePositionPatient
+    mr = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
+    mr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    parts = [to_bytes(changed), to_bytes(no_position), to_bytes(mr), b"not DICOM"]
+    response = post(client, "/dicomweb/studies", multipart(parts))
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    # Conflict (0111), does not match its SOP class (A900), SOP class not supported (0122),
+    # cannot understand (C000): from the kind of refusal, whatever words the reason uses.
+    assert [f["00081197"]["Value"][0] for f in failed] == [0x0111, 0xA900, 0x0122, 0xC000]
+    assert "a different file is already stored" in failed[0]["00000902"]["Value"][0]
+
+
 def test_all_failed_is_409(api_client_for, coordinator):
     response = post(api_client_for(coordinator), "/dicomweb/studies", multipart([b"junk"]))
     assert response.status_code == 409

@@ -14,6 +14,7 @@ from studies.models import Instance, Patient, PatientIdentity, Series, Study, Ui
 from studies.services import storage
 from studies.services.geometry import refresh_series_geometry
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
+from studies.services.prepare import Refusal
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("helper_processes")]
@@ -93,24 +94,30 @@ def test_a_different_file_under_a_known_sop_instance_uid_is_refused(project):
 
 
 @pytest.mark.parametrize(
-    ("mutate", "reason"),
+    ("mutate", "reason", "refusal"),
     [
         (
             lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.4"),
             "is not CT Image Storage",
+            Refusal.SOP_CLASS,
         ),
-        (lambda ds: delattr(ds, "ImagePositionPatient"), "ImagePositionPatient"),
-        (lambda ds: delattr(ds, "PixelData"), "Pixel Data"),
-        (lambda ds: setattr(ds, "PixelData", b"\x00" * 10), "truncated Pixel Data"),
-        (lambda ds: setattr(ds, "Modality", "MR"), "Modality is 'MR'"),
+        (lambda ds: delattr(ds, "ImagePositionPatient"), "ImagePositionPatient", Refusal.INVALID),
+        (lambda ds: delattr(ds, "PixelData"), "Pixel Data", Refusal.INVALID),
+        (
+            lambda ds: setattr(ds, "PixelData", b"\x00" * 10),
+            "truncated Pixel Data",
+            Refusal.INVALID,
+        ),
+        (lambda ds: setattr(ds, "Modality", "MR"), "Modality is 'MR'", Refusal.INVALID),
     ],
 )
-def test_it_rejects_what_is_not_a_usable_ct_image_with_a_reason(project, mutate, reason):
+def test_it_rejects_what_is_not_a_usable_ct_image_with_a_reason(project, mutate, reason, refusal):
     ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), index=0)
     mutate(ds)
     report = ingest_datasets_bytes([("x.dcm", to_bytes(ds))], project=project)
     assert report.rejected == 1
     assert reason in report.outcomes[0].reason
+    assert report.to_dict()["files"][0]["refusal"] == refusal
     assert not Instance.objects.exists() and not Patient.objects.exists()
 
 
@@ -118,6 +125,7 @@ def test_it_rejects_files_that_are_not_dicom(project):
     report = ingest_datasets_bytes([("notes.txt", b"hello world" * 20)], project=project)
     assert report.rejected == 1
     assert "not a DICOM file" in report.outcomes[0].reason
+    assert report.outcomes[0].refusal == Refusal.UNREADABLE
 
 
 def test_deidentification_replaces_identity_and_keeps_structure(project):
