@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +18,10 @@ _IO_THREADS = 2
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 _executor_lock = threading.Lock()
+
+
+# A file being written beside its final place until the rows that index it commit.
+TEMP_PREFIX, TEMP_SUFFIX = ".incoming-", ".part"
 
 
 def storage_root() -> Path:
@@ -45,7 +50,7 @@ def write_temp_next_to(final: Path, data: bytes) -> Path:
     """``write_temp_beside`` for an absolute final path (no settings read: ingest helper
     processes call it)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".incoming-", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -55,6 +60,22 @@ def write_temp_next_to(final: Path, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
+
+
+def abandoned_temps(older_than_s: float) -> list[Path]:
+    """Temporary files last written more than ``older_than_s`` seconds ago: left by a process
+    killed between writing a file and renaming it into place (or removing it). A write in
+    progress touches its file within milliseconds, and an ingest call renames or removes its
+    files before it returns."""
+    cutoff = time.time() - older_than_s
+    found = []
+    for path in (storage_root() / "dicom").rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                found.append(path)
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+    return sorted(found)
 
 
 def _io_executor() -> ThreadPoolExecutor:
