@@ -211,8 +211,9 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
     removed again if the commit fails.
 
     Each valid file is being written (and flushed to disk) to a temporary file beside its final
-    place since it was prepared (``_start_write``); files that turn out not to be stored
-    (duplicates, refusals) have their temporary file removed.
+    place since it was prepared (``_start_write``, or a helper process); the rows go in while
+    the last writes finish, and each file is renamed once its write is done. Files that turn
+    out not to be stored (duplicates, refusals) have their temporary file removed.
 
     The rows of the batch are inserted together; when that fails on a constraint (another
     writer stored one of the same SOP Instance UIDs meanwhile), the batch is retried file by
@@ -229,7 +230,7 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
         with transaction.atomic():
             hierarchy = _HierarchyCache(project)
             stored = _stored_digests([p.sop_uid for p in prepared if isinstance(p, Prepared)])
-            accepted: list[tuple[Prepared, Series, Path]] = []
+            accepted: list[tuple[Prepared, Series, Future[Path]]] = []
             for item in prepared:
                 if isinstance(item, FileOutcome):
                     outcomes.append(item)
@@ -248,17 +249,17 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
                 if write is None:  # stored when the call began, removed since: write it now
                     write = storage.write_durable_temp_soon(item.relpath, item.data)
                     writes.append(write)
-                temp = write.result()  # on disk (fsync) once this returns
-                used.add(write)
-                moves.append((temp, storage.absolute(item.relpath)))
-                accepted.append((item, series, temp))
+                accepted.append((item, series, write))
                 outcomes.append(item.outcome("stored"))
             if accepted and not _insert_together(accepted):
-                _insert_one_by_one(accepted, outcomes, moves)
+                accepted = _insert_one_by_one(accepted, outcomes)
             # With the rows: their series' geometry summaries are remade when next read.
             Series.objects.filter(pk__in={series.pk for _, series, _ in accepted}).update(
                 geometry_stale=True
             )
+            for item, _, write in accepted:
+                moves.append((write.result(), storage.absolute(item.relpath)))  # fsync'd
+                used.add(write)
             for temp, final in moves:
                 temp.replace(final)
                 renamed.append(final)
@@ -302,7 +303,7 @@ def _uid_mappings(item: Prepared, series: Series) -> list[UidMapping]:
     ]
 
 
-def _insert_together(accepted: list[tuple[Prepared, Series, Path]]) -> bool:
+def _insert_together(accepted: list[tuple[Prepared, Series, Future[Path]]]) -> bool:
     """Insert the batch's rows in two statements; False (nothing inserted) on a conflict."""
     try:
         with transaction.atomic():
@@ -339,14 +340,13 @@ def _insert_rows(rows: list[Instance]) -> None:
 
 
 def _insert_one_by_one(
-    accepted: list[tuple[Prepared, Series, Path]],
-    outcomes: list[FileOutcome],
-    moves: list[tuple[Path, Path]],
-) -> None:
+    accepted: list[tuple[Prepared, Series, Future[Path]]], outcomes: list[FileOutcome]
+) -> list[tuple[Prepared, Series, Future[Path]]]:
     """Each row in its own savepoint; a SOP Instance UID stored meanwhile by another writer
-    becomes a duplicate (or a conflict) and its file is dropped."""
+    becomes a duplicate (or a conflict) and its file is dropped. Returns the files inserted."""
     by_sop = {o.sop_instance_uid: n for n, o in enumerate(outcomes) if o.status == "stored"}
-    for item, series, temp in accepted:
+    inserted = []
+    for item, series, write in accepted:
         try:
             with transaction.atomic():
                 _instance_row(item, series).save(force_insert=True)
@@ -356,8 +356,9 @@ def _insert_one_by_one(
             if existing is None:
                 raise
             outcomes[by_sop[item.sop_uid]] = _duplicate_or_conflict(item, existing.sha256)
-            temp.unlink(missing_ok=True)
-            moves.remove((temp, storage.absolute(item.relpath)))
+            continue
+        inserted.append((item, series, write))
+    return inserted
 
 
 class _HierarchyCache:

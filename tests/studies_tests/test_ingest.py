@@ -173,6 +173,28 @@ def test_a_failed_index_write_leaves_no_file_and_no_row(project, n):
     assert leftovers == []
 
 
+def test_a_failed_file_write_leaves_no_row_and_no_file(project, settings):
+    # A helper whose write fails answers with an error and the file is prepared and written
+    # here (test_prepare.py): either way the write that fails is this process's.
+    settings.INGEST_HELPER_PROCESSES = 0
+    files = ct_series_bytes(4)
+    real_write = storage.write_temp_next_to
+    calls = []
+
+    def full_disk(final, data):
+        calls.append(final)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(final, data)
+
+    with mock.patch.object(storage, "write_temp_next_to", side_effect=full_disk):
+        with pytest.raises(OSError, match="No space left"):
+            ingest_datasets_bytes(enumerate_names(files), project=project)
+    assert len(calls) == 4  # every write had started
+    assert not Instance.objects.exists() and not Study.objects.exists()
+    assert [p for p in storage.storage_root().rglob("*") if p.is_file()] == []
+
+
 def test_it_reads_folders_and_zips(project, tmp_path):
     files = ct_series_bytes(3)
     folder = tmp_path / "series"

@@ -240,3 +240,23 @@ def test_a_helper_sends_back_the_bytes_of_a_file_already_in_its_place(helpers, t
     assert all(slot.result.write_soon is None and slot.result.data for slot in slots)
     assert [comparable(slot.result) for slot in slots] == expected
     assert list(store.rglob("*.part")) == []
+
+
+def test_a_file_the_helper_cannot_write_is_prepared_here(helpers, tmp_path):
+    items = [(f"file {n}", data) for n, data in enumerate(ct_series_bytes(2))]
+    expected = prepared_here(items)
+    not_a_folder = tmp_path / "store"
+    not_a_folder.write_bytes(b"")  # the helper's writes under it fail
+    preparer = Preparer(DEIDENTIFIER, 1, write_to=not_a_folder)
+    helper = prepare._Helper()
+    try:
+        slots = [prepare._Slot(item) for item in items]
+        assert all(
+            helper.send(slot, pickle.dumps(DEIDENTIFIER), str(not_a_folder)) for slot in slots
+        )
+        while helper.waiting:
+            helper.receive(lambda item: preparer.here(*item), block=True)
+    finally:
+        helper.close()
+    assert all(slot.result.write_soon is None and slot.result.data for slot in slots)
+    assert [comparable(slot.result) for slot in slots] == expected
