@@ -135,7 +135,6 @@ def _ingest(
         int(settings.INGEST_HELPER_PROCESSES),
         write_to=storage.storage_root(),
     )
-    known = _KnownInstances()
 
     def to_prepare() -> Iterator[Item]:
         for item in items:
@@ -147,7 +146,7 @@ def _ingest(
     batch: list[Prepared | FileOutcome] = []
     try:
         for item in preparer.prepare_all(to_prepare()):
-            batch.append(_start_write(_admitted(item, admit), known))
+            batch.append(_start_write(_admitted(item, admit)))
             if len(batch) >= BATCH_SIZE:
                 full, batch = batch, []
                 report.outcomes.extend(_store_batch(full, project=project))
@@ -171,39 +170,18 @@ def _admitted(item: Prepared | FileOutcome, admit: Admit | None) -> Prepared | F
     return item
 
 
-def _start_write(
-    item: Prepared | FileOutcome, known: _KnownInstances | None
-) -> Prepared | FileOutcome:
-    """Start writing a prepared file (beside its final place, on an I/O thread) unless its SOP
-    Instance UID is already stored in its series (a resend, most likely a duplicate), or a
-    helper process has written it already."""
+def _start_write(item: Prepared | FileOutcome) -> Prepared | FileOutcome:
+    """Start writing a prepared file (beside its final place, on an I/O thread) unless a helper
+    process has written it already, or a file is in its place already (a resend, most likely:
+    the transaction decides by digest whether it is a duplicate or a conflict, and writes the
+    file then if it is to be stored after all)."""
     if (
         isinstance(item, Prepared)
         and item.write_soon is None
-        and not (known is not None and known.holds(item.series_uid, item.sop_uid))
+        and not storage.in_place(storage.absolute(item.relpath))
     ):
         item.write_soon = storage.write_durable_temp_soon(item.relpath, item.data)
     return item
-
-
-class _KnownInstances:
-    """SOP Instance UIDs already stored in each series, read once per series per ingest call:
-    a file resent with one of them is not written to disk (the check in the transaction
-    still decides, by digest, whether it is a duplicate or a conflict)."""
-
-    def __init__(self) -> None:
-        self._by_series: dict[str, set[str]] = {}
-
-    def holds(self, series_uid: str, sop_uid: str) -> bool:
-        stored = self._by_series.get(series_uid)
-        if stored is None:
-            stored = set(
-                Instance.objects.filter(series__series_instance_uid=series_uid).values_list(
-                    "sop_instance_uid", flat=True
-                )
-            )
-            self._by_series[series_uid] = stored
-        return sop_uid in stored
 
 
 def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) -> list[FileOutcome]:

@@ -872,8 +872,8 @@ def serve(fd: int) -> None:
             if isinstance(item, Prepared):
                 item.digest = storage.sha256_hex(item.data)
                 final = Path(write_to) / item.relpath
-                if final.exists():  # stored before, most likely (a resend): the bytes go back,
-                    conn.send(("prepared", item, ""))  # and the caller decides
+                if storage.in_place(final):  # a resend, most likely: the bytes go back and
+                    conn.send(("prepared", item, ""))  # the caller decides
                     continue
                 temp = storage.write_temp_next_to(final, item.data)
                 item.data = b""

@@ -62,6 +62,12 @@ def write_temp_next_to(final: Path, data: bytes) -> Path:
     return Path(tmp_name)
 
 
+def in_place(final: Path) -> bool:
+    """Whether a file is in its final place already: its instance was stored before, most
+    likely, and ingest does not write a resent file ahead of the transaction that decides."""
+    return final.exists()
+
+
 def abandoned_temps(older_than_s: float) -> list[Path]:
     """Temporary files last written more than ``older_than_s`` seconds ago: left by a process
     killed between writing a file and renaming it into place (or removing it). A write in

@@ -68,9 +68,9 @@ def test_a_file_whose_uid_was_stored_when_the_upload_began_but_is_gone_is_still_
     project,
 ):
     files = ct_series_bytes(2)
-    # The series' stored UIDs are read once per upload; an instance deleted since then is
-    # written when its row is inserted.
-    with mock.patch("studies.services.ingest._KnownInstances.holds", return_value=True):
+    # A file found in its place is not written ahead; if its instance turns out not to be
+    # stored (deleted since), it is written when its row is inserted.
+    with mock.patch.object(storage, "in_place", return_value=True):
         report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
     assert report.stored == 2
     for instance in Instance.objects.all():
