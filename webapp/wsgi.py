@@ -16,8 +16,9 @@ application = FrameFastPath(django_application)
 
 
 def _warm() -> None:
-    """Import every view and build the URL maps now rather than on each worker's first request
-    (about 75 ms in all), with the modules views import when first used."""
+    """Build the URL maps now rather than on each worker's first request (about 75 ms in all),
+    with the modules the DICOMweb and study views import when first used. The report views stay
+    unimported until a report is asked for (``core.lazy_views``)."""
     from django.urls import NoReverseMatch, get_resolver, reverse
 
     import inference.dicom.series  # noqa: F401  (series geometry, remade when read)

@@ -805,12 +805,10 @@ class _Helper:
         slot.result = answer if kind != "error" else fallback(slot.item)
 
     def drain(self) -> None:
-        """Wait for the answers nobody will read, and remove their files (the ones in the
-        store too)."""
+        """Wait for the answers nobody will read, and remove their scratch files (what a helper
+        wrote in the store goes with the call's unyielded results, ``Preparer._with_helpers``)."""
         while self.waiting and not self.broken:
-            slot = self.waiting[0]
             self.receive(lambda item: FileOutcome(item[0], "rejected"), block=True)
-            _discard(slot.result)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -831,12 +829,6 @@ def _import_path() -> str:
     root = str(Path(__file__).resolve().parents[2])
     inherited = os.environ.get("PYTHONPATH", "")
     return root + (os.pathsep + inherited if inherited else "")
-
-
-def _discard(result: Prepared | FileOutcome | None) -> None:
-    """Remove the temporary file a helper wrote for a result nobody will store."""
-    if isinstance(result, Prepared):
-        result.discard_write()
 
 
 def _remove(*paths: str) -> None:
@@ -1053,8 +1045,9 @@ class Preparer:
         finally:  # stopped early: files helpers wrote for results never yielded are removed
             for helper in helpers:
                 helper.drain()
-            for slot in window:
-                _discard(slot.result)
+            for slot in window:  # every file sent and not yielded is in the window
+                if isinstance(slot.result, Prepared):
+                    slot.result.discard_write()
 
     def _window(
         self,

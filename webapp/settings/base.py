@@ -118,9 +118,10 @@ DEIDENTIFICATION_SECRET = env_str("ILD_DEIDENTIFICATION_SECRET", SECRET_KEY)
 # Helper processes that each ingest call (a STOW-RS request, an upload, an import) prepares
 # files on besides its own (parsing, de-identifying, encoding are per-file Python): one per
 # spare core by default, at most 2; 0 prepares every file in the calling process.
-INGEST_HELPER_PROCESSES = env_int(
-    "ILD_INGEST_HELPER_PROCESSES", max(0, min(2, len(os.sched_getaffinity(0)) - 1))
-)
+_USABLE_CORES = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)  # the cores this process may run on (Linux); every core elsewhere (macOS)
+INGEST_HELPER_PROCESSES = env_int("ILD_INGEST_HELPER_PROCESSES", max(0, min(2, _USABLE_CORES - 1)))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
