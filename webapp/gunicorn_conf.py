@@ -16,9 +16,14 @@ timeout = 300  # a large STOW upload or an archive export
 
 
 def post_worker_init(worker: object) -> None:
-    """Each worker starts its ingest helper processes now: the first STOW-RS request it serves
-    finds them ready instead of waiting for Python and pydicom to load in them."""
+    """Each worker keeps freed heap memory for its next large request (``core.memory``) and
+    starts its ingest helper processes now: the first STOW-RS request it serves finds them
+    ready instead of waiting for Python and pydicom to load in them."""
     from django.conf import settings
+
+    from core.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     from studies.services.prepare import start_helpers
 

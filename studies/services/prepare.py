@@ -55,6 +55,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR, EXPLICIT_VR_LENGTH_32
 
+from core.memory import keep_freed_memory
 from studies.deidentify import DeidentificationError, DeidentificationKey, Deidentifier
 from studies.dicomweb.dicomjson import instance_json_text
 from studies.raw_elements import UNDEFINED_LENGTH
@@ -683,8 +684,9 @@ def patient_id_of(dataset: Dataset) -> str:
 # can open (before de-identification it holds patient data); the socket carries only names and
 # descriptions, so a send never blocks and no thread of the caller's process (each of which
 # would wait for the GIL behind the caller's own Python) moves the bytes. The helper writes
-# what it prepared straight to a durable temporary file beside its place in the store, as the
-# caller's I/O threads do for the files it prepares itself: the bytes come back only for a file
+# what it prepared straight to a temporary file beside its place in the store and goes on to
+# its next file; the caller's I/O threads flush that file to disk (fsync) meanwhile, as they
+# write and flush the files the caller prepares itself. The bytes come back only for a file
 # already in its place (a resend, most likely), which the caller may not need to write at all.
 
 _SCRATCH_ROOT = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
@@ -781,7 +783,7 @@ class _Helper:
                 return
             kind, answer, temp = self.conn.recv()
             if temp:  # the prepared bytes are in this file, on disk
-                answer.write_soon = storage.written(Path(temp))
+                answer.write_soon = storage.flush_soon(Path(temp))
         except (OSError, EOFError) as exc:
             logger.warning(
                 "ingest helper %s failed (%r, exit code %s): its %d file(s) are prepared by the caller",
@@ -841,6 +843,7 @@ def serve(fd: int) -> None:
     """A helper's life: prepare each file sent over the socket ``fd`` until told to stop (None)
     or orphaned (the socket closed)."""
     conn = Connection(fd)
+    keep_freed_memory()
     warm_up()
     while True:
         try:
@@ -867,7 +870,7 @@ def serve(fd: int) -> None:
                 if storage.in_place(final):  # a resend, most likely: the bytes go back and
                     conn.send(("prepared", item, ""))  # the caller decides
                     continue
-                temp = storage.write_temp_next_to(final, item.data)
+                temp = storage.write_temp_next_to(final, item.data, durable=False)
                 item.data = b""
                 conn.send(("prepared", item, str(temp)))
             else:
@@ -990,8 +993,9 @@ class Preparer:
     prepares everything here.
 
     A file a helper prepared comes back without its bytes (``data`` is empty): the helper has
-    written them to a durable temporary file beside its place under the store ``write_to``
-    (``write_soon``, done), which the caller renames into place or removes. When a file is
+    written them to a temporary file beside its place under the store ``write_to``, and
+    ``write_soon`` is done once this process's I/O threads have flushed it to disk; the caller
+    renames it into place or removes it. When a file is
     already in its place (a resend, most likely), the helper writes nothing and its bytes come
     back.
     """

@@ -14,7 +14,9 @@ from django.conf import settings
 
 # Writing, flushing and hashing release the GIL: done on these threads, they overlap with the
 # Python work on the next file (parsing, de-identification, encoding) instead of following it.
-_IO_THREADS = 2
+# A flush mostly waits on the disk, so there are more threads than cores: the flushes of a
+# batch (the files this process wrote and those its ingest helpers wrote) overlap.
+_IO_THREADS = 4
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 _executor_lock = threading.Lock()
@@ -46,20 +48,35 @@ def write_temp_beside(relpath: str, data: bytes) -> Path:
     return write_temp_next_to(absolute(relpath), data)
 
 
-def write_temp_next_to(final: Path, data: bytes) -> Path:
+def write_temp_next_to(final: Path, data: bytes, *, durable: bool = True) -> Path:
     """``write_temp_beside`` for an absolute final path (no settings read: ingest helper
-    processes call it)."""
+    processes call it). ``durable=False`` leaves the flush to disk to ``flush_soon``."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return Path(tmp_name)
+
+
+def flush(path: Path) -> Path:
+    """Flush a written temporary file to disk (fsync); on failure it is removed."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def in_place(final: Path) -> bool:
@@ -103,6 +120,11 @@ def write_durable_temp_soon(relpath: str, data: bytes) -> Future[Path]:
     the future is done. The caller renames it into place or, via
     ``discard_temps``, removes it."""
     return _io_executor().submit(write_temp_beside, relpath, data)
+
+
+def flush_soon(path: Path) -> Future[Path]:
+    """``flush(path)`` on an I/O thread: the file is on disk when the future is done."""
+    return _io_executor().submit(flush, path)
 
 
 def written(path: Path) -> Future[Path]:

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from studies.deidentify import Deidentifier
-from studies.services import prepare
+from studies.services import prepare, storage
 from studies.services.prepare import FileOutcome, Prepared, Preparer
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
@@ -99,6 +99,51 @@ def test_helpers_prepare_what_this_process_prepares_in_the_order_given(
     scratch = prepare._scratch_folder()
     assert not list(scratch.iterdir())
     assert scratch.stat().st_mode & 0o777 == 0o700  # files from before de-identification
+
+
+def test_files_a_helper_wrote_are_flushed_to_disk_here_before_they_count_as_written(
+    helpers, monkeypatch, tmp_path
+):
+    # A helper writes and moves on to its next file; this process's I/O threads make each
+    # file durable (fsync) and only then is its write done: the rename into place waits on it.
+    items = [(f"file {n}", data) for n, data in enumerate(ct_series_bytes(3))]
+    store = tmp_path / "store"
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", recording_fsync)
+    preparer = Preparer(DEIDENTIFIER, 1, write_to=store)
+    helper = prepare._Helper()
+    try:
+        slots = [prepare._Slot(item) for item in items]
+        assert all(helper.send(slot, pickle.dumps(DEIDENTIFIER), str(store)) for slot in slots)
+        while helper.waiting:
+            helper.receive(lambda item: preparer.here(*item), block=True)
+    finally:
+        helper.close()
+    temps = [slot.result.write_soon.result() for slot in slots]
+    assert sorted(flushed) == sorted(str(temp) for temp in temps)
+    for slot, temp in zip(slots, temps, strict=True):
+        slot.result.discard_write()
+        assert not temp.exists()
+
+
+def test_a_file_that_cannot_be_flushed_is_removed_and_its_write_fails(monkeypatch, tmp_path):
+    temp = storage.write_temp_next_to(tmp_path / "a" / "final.dcm", b"data", durable=False)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "fsync", failing_fsync)
+    write = storage.flush_soon(temp)
+    with pytest.raises(OSError, match="Input/output error"):
+        write.result()
+    assert not temp.exists()
+    storage.discard_temps([write])  # a failed write has nothing left to remove
 
 
 def test_a_single_file_is_prepared_here_without_starting_helpers(helpers, tmp_path):
