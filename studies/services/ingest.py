@@ -190,8 +190,9 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
 
     Each valid file is being written (and flushed to disk) to a temporary file beside its final
     place since it was prepared (``_start_write``, or a helper process); the rows go in while
-    the last writes finish, and each file is renamed once its write is done. Files that turn
-    out not to be stored (duplicates, refusals) have their temporary file removed.
+    the last writes finish, and each file is renamed once its write is done; the renamed files'
+    folders are flushed to disk before the commit. Files that turn out not to be stored
+    (duplicates, refusals) have their temporary file removed.
 
     The rows of the batch are inserted together; when that fails on a constraint (another
     writer stored one of the same SOP Instance UIDs meanwhile), the batch is retried file by
@@ -241,6 +242,9 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
             for temp, final in moves:
                 temp.replace(final)
                 renamed.append(final)
+            # The renames reach the disk before the rows commit: a committed row never names
+            # a file that a power cut left under its temporary name.
+            storage.sync_folders(renamed)
     except BaseException:
         for final in renamed:
             final.unlink(missing_ok=True)

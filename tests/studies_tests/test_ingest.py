@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
+from pathlib import Path
 from unittest import mock
 
 import pydicom
@@ -191,6 +193,54 @@ def test_a_failed_file_write_leaves_no_row_and_no_file(project, settings):
         with pytest.raises(OSError, match="No space left"):
             ingest_datasets_bytes(enumerate_names(files), project=project)
     assert len(calls) == 4  # every write had started
+    assert not Instance.objects.exists() and not Study.objects.exists()
+    assert [p for p in storage.storage_root().rglob("*") if p.is_file()] == []
+
+
+def test_the_renamed_files_folders_reach_the_disk_before_the_rows_commit(project):
+    files = ct_series_bytes(3)
+    seen: list[tuple[list[Path], bool, int]] = []
+    real_sync = storage.sync_folders
+
+    def recording_sync(renamed):
+        renamed = list(renamed)
+        in_place = all(path.exists() for path in renamed)
+        seen.append((renamed, in_place, Instance.objects.count()))  # rows not committed yet:
+        real_sync(renamed)  # this connection sees them, another would not
+
+    with mock.patch.object(storage, "sync_folders", side_effect=recording_sync):
+        ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=False)
+    stored = sorted(storage.absolute(i.file) for i in Instance.objects.all())
+    assert len(seen) == 1
+    renamed, in_place, rows = seen[0]
+    assert sorted(renamed) == stored and in_place and rows == 3
+
+
+def test_the_folders_synced_are_each_files_folder_and_the_two_above(tmp_path, monkeypatch):
+    series_a = tmp_path / "dicom" / "1.2.3" / "1.2.3.4"
+    series_b = tmp_path / "dicom" / "1.2.3" / "1.2.3.5"
+    for folder in (series_a, series_b):
+        folder.mkdir(parents=True)
+        (folder / "x.dcm").write_bytes(b"x")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", recording_fsync)
+    storage.sync_folders([series_a / "x.dcm", series_b / "x.dcm"])
+    assert sorted(synced) == sorted(
+        str(p) for p in (series_a, series_b, series_a.parent, tmp_path / "dicom")
+    )
+
+
+def test_a_failed_folder_sync_leaves_no_row_and_no_file(project):
+    files = ct_series_bytes(3)
+    with mock.patch.object(storage, "sync_folders", side_effect=OSError(5, "Input/output error")):
+        with pytest.raises(OSError, match="Input/output error"):
+            ingest_datasets_bytes(enumerate_names(files), project=project)
     assert not Instance.objects.exists() and not Study.objects.exists()
     assert [p for p in storage.storage_root().rglob("*") if p.is_file()] == []
 
