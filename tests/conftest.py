@@ -102,6 +102,20 @@ def isolated_storage(settings, tmp_path):
     return settings.STORAGE_ROOT
 
 
+@pytest.fixture
+def fsynced_paths(monkeypatch) -> list[str]:
+    """The paths this process flushes to disk (``os.fsync``) during the test, in order."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return paths
+
+
 @pytest.fixture(params=[0, 1], ids=["one-process", "helper-process"])
 def helper_processes(request, settings, isolated_storage):
     """The test twice: ingest prepares files in the test's process, and on a helper process.

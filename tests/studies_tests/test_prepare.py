@@ -55,6 +55,21 @@ def prepared_here(items: list[tuple[str, bytes]]) -> list[tuple]:
     return [comparable(item) for item in Preparer(DEIDENTIFIER, 0).prepare_all(items)]
 
 
+def through_one_helper(items: list[tuple[str, bytes]], store: Path) -> list[prepare._Slot]:
+    """``items`` sent to one helper writing under ``store``, each answer taken in turn (a file
+    it could not prepare or write is prepared here)."""
+    preparer = Preparer(DEIDENTIFIER, 1, write_to=store)
+    helper = prepare._Helper()
+    try:
+        slots = [prepare._Slot(item) for item in items]
+        assert all(helper.send(slot, pickle.dumps(DEIDENTIFIER), str(store)) for slot in slots)
+        while helper.waiting:
+            helper.receive(lambda item: preparer.here(*item), block=True)
+    finally:
+        helper.close()
+    return slots
+
+
 @pytest.fixture
 def helpers(monkeypatch):
     """This process's helpers, none left over from another test; stopped after the test."""
@@ -102,31 +117,14 @@ def test_helpers_prepare_what_this_process_prepares_in_the_order_given(
 
 
 def test_files_a_helper_wrote_are_flushed_to_disk_here_before_they_count_as_written(
-    helpers, monkeypatch, tmp_path
+    helpers, fsynced_paths, tmp_path
 ):
     # A helper writes and moves on to its next file; this process's I/O threads make each
     # file durable (fsync) and only then is its write done: the rename into place waits on it.
     items = [(f"file {n}", data) for n, data in enumerate(ct_series_bytes(3))]
-    store = tmp_path / "store"
-    flushed: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(storage.os, "fsync", recording_fsync)
-    preparer = Preparer(DEIDENTIFIER, 1, write_to=store)
-    helper = prepare._Helper()
-    try:
-        slots = [prepare._Slot(item) for item in items]
-        assert all(helper.send(slot, pickle.dumps(DEIDENTIFIER), str(store)) for slot in slots)
-        while helper.waiting:
-            helper.receive(lambda item: preparer.here(*item), block=True)
-    finally:
-        helper.close()
+    slots = through_one_helper(items, tmp_path / "store")
     temps = [slot.result.write_soon.result() for slot in slots]
-    assert sorted(flushed) == sorted(str(temp) for temp in temps)
+    assert sorted(fsynced_paths) == sorted(str(temp) for temp in temps)
     for slot, temp in zip(slots, temps, strict=True):
         slot.result.discard_write()
         assert not temp.exists()
@@ -269,19 +267,11 @@ def test_files_helpers_wrote_for_a_call_stopped_early_are_removed(helpers, monke
 def test_a_helper_sends_back_the_bytes_of_a_file_already_in_its_place(helpers, tmp_path):
     items = [(f"file {n}", data) for n, data in enumerate(ct_series_bytes(2))]
     store = tmp_path / "store"
-    preparer = Preparer(DEIDENTIFIER, 1, write_to=store)
-    helper = prepare._Helper()
-    try:
-        expected = prepared_here(items)
-        for item in Preparer(DEIDENTIFIER, 0).prepare_all(items):  # both already stored
-            (store / item.relpath).parent.mkdir(parents=True, exist_ok=True)
-            (store / item.relpath).write_bytes(item.data)
-        slots = [prepare._Slot(item) for item in items]
-        assert all(helper.send(slot, pickle.dumps(DEIDENTIFIER), str(store)) for slot in slots)
-        while helper.waiting:
-            helper.receive(lambda item: preparer.here(*item), block=True)
-    finally:
-        helper.close()
+    expected = prepared_here(items)
+    for item in Preparer(DEIDENTIFIER, 0).prepare_all(items):  # both already stored
+        (store / item.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (store / item.relpath).write_bytes(item.data)
+    slots = through_one_helper(items, store)
     assert all(slot.result.write_soon is None and slot.result.data for slot in slots)
     assert [comparable(slot.result) for slot in slots] == expected
     assert list(store.rglob("*.part")) == []
@@ -292,16 +282,6 @@ def test_a_file_the_helper_cannot_write_is_prepared_here(helpers, tmp_path):
     expected = prepared_here(items)
     not_a_folder = tmp_path / "store"
     not_a_folder.write_bytes(b"")  # the helper's writes under it fail
-    preparer = Preparer(DEIDENTIFIER, 1, write_to=not_a_folder)
-    helper = prepare._Helper()
-    try:
-        slots = [prepare._Slot(item) for item in items]
-        assert all(
-            helper.send(slot, pickle.dumps(DEIDENTIFIER), str(not_a_folder)) for slot in slots
-        )
-        while helper.waiting:
-            helper.receive(lambda item: preparer.here(*item), block=True)
-    finally:
-        helper.close()
+    slots = through_one_helper(items, not_a_folder)
     assert all(slot.result.write_soon is None and slot.result.data for slot in slots)
     assert [comparable(slot.result) for slot in slots] == expected
