@@ -22,9 +22,7 @@ def post_worker_init(worker: object) -> None:
     from django.conf import settings
 
     from core.memory import keep_freed_memory
-
-    keep_freed_memory()
-
     from studies.services.prepare import start_helpers
 
+    keep_freed_memory()
     start_helpers(int(settings.INGEST_HELPER_PROCESSES))

@@ -148,13 +148,6 @@ def flush_soon(path: Path) -> Future[Path]:
     return _io_executor().submit(flush, path)
 
 
-def written(path: Path) -> Future[Path]:
-    """A write that is already done: ``path`` is on disk (fsync)."""
-    done: Future[Path] = Future()
-    done.set_result(path)
-    return done
-
-
 def discard_temps(writes: list[Future[Path]]) -> None:
     """Wait for background writes and remove the temporary files they made (failed writes
     have removed theirs)."""
