@@ -1037,9 +1037,6 @@ class Preparer:
     def _with_helpers(
         self, helpers: list[_Helper], source: Iterator[Item]
     ) -> Iterator[Prepared | FileOutcome]:
-        def here(item: Item) -> Prepared | FileOutcome:
-            return self.here(*item)
-
         pickled = None if self.deidentifier is None else pickle.dumps(self.deidentifier)
         assert self.write_to is not None  # no helpers without it
         write_to = str(self.write_to.absolute())

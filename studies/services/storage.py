@@ -113,8 +113,7 @@ def sync_folders(files: Iterable[Path]) -> None:
     folder made for this batch is an entry of its study folder, a new study folder one of the
     store's), so that renames into them survive a power cut."""
     folders = {f.parent for f in files}
-    folders |= {f.parent for f in folders} | {f.parent.parent for f in folders}
-    for folder in sorted(folders, key=lambda f: -len(f.parts)):  # deepest first
+    for folder in folders | {f.parent for f in folders} | {f.parent.parent for f in folders}:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(fd)
