@@ -24,7 +24,9 @@ once it has settled after start-up (its processes near idle):
   ``http.client`` instead);
 * rendered PNG latency (middle slice, median);
 * (each latency series is timed after 5 untimed requests on the same connection, for both
-  servers alike);
+  servers alike; the servers take turns within every figure: request by request for the
+  latencies, pass by pass through the series for the frames, so that a fast or slow spell of
+  a shared machine falls on both rather than on whichever was being measured then);
 * peak resident memory of each server (VmHWM; ours summed over gunicorn's master, workers and
   their ingest helpers);
 * the HTTP ceiling: frames/s from gunicorn with the same settings serving a constant frame
@@ -49,6 +51,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -297,17 +300,21 @@ def series_instances(server: Server, study: str, series: str) -> list[str]:
     return [item["00080018"]["Value"][0] for item in items]
 
 
-def timed(fn: Any, repeats: int, *, warm_up: int = WARM_UP) -> list[float]:
-    """Milliseconds of ``repeats`` calls, after ``warm_up`` untimed ones (a server's first
-    requests on a connection fill its caches: the same for every server, as the frame clients
-    do before their clock starts)."""
-    for _ in range(warm_up):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
+def timed_in_turn(calls: list[Any], repeats: int, *, warm_up: int = WARM_UP) -> list[list[float]]:
+    """Milliseconds of ``repeats`` calls of each of ``calls`` (one per server), the servers
+    taking turns call by call (call k goes first to server k mod n), after ``warm_up`` untimed
+    calls each (a server's first requests on a connection fill its caches: the same for every
+    server, as the frame clients do before their clock starts)."""
+    for fn in calls:
+        for _ in range(warm_up):
+            fn()
+    times: list[list[float]] = [[] for _ in calls]
+    for k in range(repeats):
+        for turn in range(len(calls)):
+            i = (k + turn) % len(calls)
+            started = time.perf_counter()
+            calls[i]()
+            times[i].append((time.perf_counter() - started) * 1000)
     return times
 
 
@@ -334,16 +341,33 @@ def _frame_worker(args: tuple[Server, list[str], Any, str]) -> tuple[int, int, f
     return len(paths), total, started, time.perf_counter()
 
 
-def frame_throughput(server: Server, paths: list[str], clients: int, kind: str) -> float:
-    """Frames/s with ``clients`` processes each fetching every path in ``paths`` in turn,
-    through the ``kind`` client (``socket``: :class:`LeanHttp`; ``http.client``)."""
+def frame_pass(server: Server, paths: list[str], clients: int, kind: str) -> tuple[int, float]:
+    """Frames fetched and seconds taken by ``clients`` processes each fetching every path in
+    ``paths`` in turn, through the ``kind`` client (``socket``: :class:`LeanHttp`;
+    ``http.client``)."""
     ctx = mp.get_context("fork")
     barrier = ctx.Manager().Barrier(clients)
     with ctx.Pool(clients) as pool:
         results = pool.map(_frame_worker, [(server, paths, barrier, kind)] * clients)
     frames = sum(r[0] for r in results)
-    wall = max(r[3] for r in results) - min(r[2] for r in results)
-    return frames / wall
+    return frames, max(r[3] for r in results) - min(r[2] for r in results)
+
+
+def frame_throughput(
+    servers: list[Server], paths: list[list[str]], clients: int, kind: str, rounds: int
+) -> list[float]:
+    """Each server's frames/s over ``rounds`` passes of ``clients`` clients through its
+    ``paths``, the servers taking turns pass by pass (as :func:`stow_alternating`), so that a
+    fast or slow spell of the shared machine falls on every server rather than on one."""
+    frames = [0] * len(servers)
+    seconds = [0.0] * len(servers)
+    for k in range(rounds):
+        for turn in range(len(servers)):
+            i = (k + turn) % len(servers)
+            got, took = frame_pass(servers[i], paths[i], clients, kind)
+            frames[i] += got
+            seconds[i] += took
+    return [f / s for f, s in zip(frames, seconds, strict=True)]
 
 
 def peak_rss_mb(pids: list[int]) -> float:
@@ -374,40 +398,52 @@ def descendants_of(pid: int) -> list[int]:
 
 
 def measure(
-    server: Server,
+    servers: list[Server],
     files: list[bytes],
-    stowed: tuple[float, dict[str, Any]],
+    stowed: list[tuple[float, dict[str, Any]]],
     args: argparse.Namespace,
-) -> dict[str, float]:
-    """Every figure but STOW's (``stowed``: :func:`stow_alternating`'s for this server) on the
-    series the server stored."""
-    stow_rate, response = stowed
-    referenced = response["00081199"]["Value"][0]["00081190"]["Value"][0]
-    study = referenced.split("/studies/")[1].split("/")[0]
-    series = referenced.split("/series/")[1].split("/")[0]
-    sops = series_instances(server, study, series)
-    assert len(sops) == len(files), (server.name, len(sops))
-    client = server.http()
-    qido = timed(lambda: client.get(OHIF_STUDY_QUERY, "application/dicom+json"), args.qido_repeats)
-    metadata = timed(
-        lambda: client.get(f"/studies/{study}/series/{series}/metadata", "application/dicom+json"),
-        args.metadata_repeats,
-    )
-    paths = [f"/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
-    paths *= args.frame_rounds  # a viewer scrolling the stack back and forth
-    one = frame_throughput(server, paths, 1, args.frame_client)
-    many = frame_throughput(server, paths, args.clients, args.frame_client)
-    middle = f"/studies/{study}/series/{series}/instances/{sops[len(sops) // 2]}/rendered"
-    rendered = timed(lambda: client.get(middle, "image/png"), args.render_repeats)
-    return {
-        "stow_instances_per_s": stow_rate,
-        "qido_p50_ms": percentile(qido, 50),
-        "qido_p95_ms": percentile(qido, 95),
-        "series_metadata_ms": statistics.median(metadata),
-        "frames_per_s_1_client": one,
-        f"frames_per_s_{args.clients}_clients": many,
-        "rendered_png_ms": statistics.median(rendered),
-    }
+) -> list[dict[str, float]]:
+    """Every figure but STOW's (``stowed``: :func:`stow_alternating`'s) for each server on the
+    series it stored, the servers taking turns within each figure."""
+    clients, metadata, frames, middles = [], [], [], []
+    for server, (_, response) in zip(servers, stowed, strict=True):
+        referenced = response["00081199"]["Value"][0]["00081190"]["Value"][0]
+        study = referenced.split("/studies/")[1].split("/")[0]
+        series = referenced.split("/series/")[1].split("/")[0]
+        sops = series_instances(server, study, series)
+        assert len(sops) == len(files), (server.name, len(sops))
+        clients.append(server.http())
+        metadata.append(f"/studies/{study}/series/{series}/metadata")
+        frames.append(
+            [f"/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
+        )
+        middles.append(
+            f"/studies/{study}/series/{series}/instances/{sops[len(sops) // 2]}/rendered"
+        )
+
+    def each(paths: list[str], accept: str) -> list[Any]:
+        return [partial(c.get, p, accept) for c, p in zip(clients, paths, strict=True)]
+
+    json_type = "application/dicom+json"
+    qido = timed_in_turn(each([OHIF_STUDY_QUERY] * len(servers), json_type), args.qido_repeats)
+    meta = timed_in_turn(each(metadata, json_type), args.metadata_repeats)
+    # Each pass goes through the series once per client, a viewer scrolling the stack back and
+    # forth; the servers take turns pass by pass.
+    one = frame_throughput(servers, frames, 1, args.frame_client, args.frame_rounds)
+    many = frame_throughput(servers, frames, args.clients, args.frame_client, args.frame_rounds)
+    rendered = timed_in_turn(each(middles, "image/png"), args.render_repeats)
+    return [
+        {
+            "stow_instances_per_s": stowed[n][0],
+            "qido_p50_ms": percentile(qido[n], 50),
+            "qido_p95_ms": percentile(qido[n], 95),
+            "series_metadata_ms": statistics.median(meta[n]),
+            "frames_per_s_1_client": one[n],
+            f"frames_per_s_{args.clients}_clients": many[n],
+            "rendered_png_ms": statistics.median(rendered[n]),
+        }
+        for n in range(len(servers))
+    ]
 
 
 # ---- servers -----------------------------------------------------------------------------
@@ -565,12 +601,12 @@ def http_ceiling(args: argparse.Namespace) -> dict[str, float]:
     try:
         wait_for_http(port, "/")
         server = Server("ceiling", f"http://127.0.0.1:{port}")
-        paths = [f"/frame/{n}" for n in range(400)]
+        paths = [[f"/frame/{n}" for n in range(400)]]
         return {
-            "frames_per_s_1_client": frame_throughput(server, paths, 1, args.frame_client),
+            "frames_per_s_1_client": frame_throughput([server], paths, 1, args.frame_client, 1)[0],
             f"frames_per_s_{args.clients}_clients": frame_throughput(
-                server, paths, args.clients, args.frame_client
-            ),
+                [server], paths, args.clients, args.frame_client, 1
+            )[0],
         }
     finally:
         process.terminate()
@@ -662,9 +698,8 @@ def main() -> int:
             print(
                 f"  STOW {len(files)} instances, {' and '.join(s.name for s in servers)} in turn ..."
             )
-            stowed = stow_alternating(servers, files)
-            mine = measure(ours.server, files, stowed[0], args)
-            theirs = measure(orthanc_server, files, stowed[1], args) if orthanc else None
+            figures = measure(servers, files, stow_alternating(servers, files), args)
+            mine, theirs = figures[0], (figures[1] if orthanc else None)
             report(name, mine, theirs)
             results["datasets"][name] = {"ours": mine, "orthanc": theirs}
         ours_mb = peak_rss_mb(ours.pids())
