@@ -290,29 +290,35 @@ def _insert_together(accepted: list[tuple[Prepared, Series, Future[Path]]]) -> b
     try:
         with transaction.atomic():
             _insert_rows([_instance_row(i, s) for i, s, _ in accepted])
-            UidMapping.objects.bulk_create(
-                [m for i, s, _ in accepted for m in _uid_mappings(i, s)], ignore_conflicts=True
-            )
+            # The files of a batch share their study's and series' mappings: each goes in once.
+            mappings = {m.original_uid: m for i, s, _ in accepted for m in _uid_mappings(i, s)}
+            _insert_rows(list(mappings.values()), ignore_conflicts=True)
     except IntegrityError:
         return False
     return True
 
 
-def _insert_rows(rows: list[Instance]) -> None:
-    """INSERT ``rows`` as ``bulk_create`` would (no signals, no validation), with one statement
-    run for every row (``executemany``).
+def _insert_rows(
+    rows: list[Instance] | list[UidMapping], *, ignore_conflicts: bool = False
+) -> None:
+    """INSERT ``rows`` (all of one model) as ``bulk_create`` would (no signals, no validation),
+    with one statement run for every row (``executemany``); ``ignore_conflicts``: a row that
+    breaks a unique constraint is skipped (``ON CONFLICT DO NOTHING``).
 
     ``bulk_create`` either writes one multi-row statement, which on PostgreSQL goes through
     arrays (UNNEST) and quotes each stored DICOM JSON into an array literal (about 1.5 ms a
     file), or, one row per statement, builds the SQL again for every row (about 0.5 ms).
     """
-    meta = Instance._meta
+    if not rows:
+        return
+    meta = rows[0]._meta
     fields = list(meta.concrete_fields)  # the primary key too: a UUID made by the row itself
     quote = connection.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+    sql = "INSERT INTO {} ({}) VALUES ({}){}".format(
         quote(meta.db_table),
         ", ".join(quote(f.column) for f in fields),
         ", ".join(["%s"] * len(fields)),
+        " ON CONFLICT DO NOTHING" if ignore_conflicts else "",
     )
     values = [
         [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields] for row in rows

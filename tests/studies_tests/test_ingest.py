@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from studies import selectors
 from studies.models import Instance, Patient, PatientIdentity, Series, Study, UidMapping
+from studies.services import ingest as ingest_module
 from studies.services import storage
 from studies.services.geometry import refresh_series_geometry
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
@@ -148,6 +149,22 @@ def test_deidentification_replaces_identity_and_keeps_structure(project):
     assert not first.get("ReferringPhysicianName")
 
 
+def test_a_series_sent_in_two_parts_keeps_one_mapping_per_original_uid(project):
+    files = ct_series_bytes(5, study_uid=generate_uid(), series_uid=generate_uid())
+    first = ingest_datasets_bytes(enumerate_names(files[:3]), project=project)
+    second = ingest_datasets_bytes(enumerate_names(files[3:]), project=project)
+    assert (first.stored, second.stored) == (3, 2)
+    levels = sorted(UidMapping.objects.values_list("level", flat=True))
+    assert levels == ["instance"] * 5 + ["series", "study"]
+    stored = Instance.objects.values_list("sop_instance_uid", flat=True)
+    mapped = UidMapping.objects.filter(level="instance").values_list("stored_uid", flat=True)
+    assert set(stored) == set(mapped)
+    assert (
+        UidMapping.objects.get(level="series").stored_uid
+        == Series.objects.get().series_instance_uid
+    )
+
+
 def test_a_follow_up_imported_later_lands_on_the_same_pseudonymous_patient(project):
     ingest_datasets_bytes(enumerate_names(ct_series_bytes(2, patient_id="P-7")), project=project)
     ingest_datasets_bytes(
@@ -163,9 +180,14 @@ def test_a_follow_up_imported_later_lands_on_the_same_pseudonymous_patient(proje
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_failed_index_write_leaves_no_file_and_no_row(project, n):
     files = ct_series_bytes(n)
-    with mock.patch(
-        "studies.models.UidMapping.objects.bulk_create", side_effect=RuntimeError("disk full")
-    ):
+    insert_rows = ingest_module._insert_rows
+
+    def mappings_fail(rows, **kwargs):  # the instance rows are in when the mappings fail
+        if rows and isinstance(rows[0], UidMapping):
+            raise RuntimeError("disk full")
+        return insert_rows(rows, **kwargs)
+
+    with mock.patch.object(ingest_module, "_insert_rows", side_effect=mappings_fail):
         with pytest.raises(RuntimeError):
             ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=True)
     assert not Instance.objects.exists()
