@@ -33,6 +33,7 @@ import os
 import select
 import socket
 import ssl
+import threading
 import time
 from email.utils import formatdate
 from typing import Any
@@ -44,6 +45,8 @@ from gunicorn.workers.gthread import ThreadWorker
 LINGER_S = 0.05
 #: Requests served in a row on one connection before it goes back to the poller.
 MAX_TURN = 256
+#: How long a busy worker leaves a new connection for the other workers to accept.
+ACCEPT_DEFER_S = 0.005
 #: Largest request head the lane reads; longer ones are gunicorn's.
 MAX_HEAD = 16384
 # Headers that make a request the parser's business: a body, a protocol switch, a proxy's view
@@ -68,7 +71,50 @@ _NOT_FOR_LANE = frozenset(
 
 
 class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """``gthread``, serving back-to-back requests of a connection on the same thread."""
+    """``gthread``, serving back-to-back requests of a connection on the same thread, and
+    leaving new connections to less busy workers.
+
+    Every worker polls the one listening socket and the first to call ``accept`` takes the
+    connection, so eight viewer connections on four two-thread workers land as 4-2-1-1 as
+    often as 2-2-2-2: one worker's threads and interpreter lock serve four while another's
+    idle. A worker serving at least as many connections as it has threads (idle kept-alive
+    ones not counted) lets a new one wait ``ACCEPT_DEFER_S`` for another worker to take
+    (nginx's ``accept_disabled`` idea) and takes it itself only if none has by then.
+    """
+
+    _accept_paused_until = 0.0  # monotonic time: listen again then
+    _accept_anyway_until = 0.0  # monotonic time: till then take a connection even when busy
+
+    def accept(self, listener: Any) -> None:
+        if self._serving() >= self.cfg.threads and time.monotonic() >= self._accept_anyway_until:
+            self._pause_accepting()
+            return
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and time.monotonic() < self._accept_paused_until:
+            return  # the run loop asks on every turn; the timer resumes listening
+        super().set_accept_enabled(enabled)
+
+    def _serving(self) -> int:
+        """Connections of this worker but those kept alive idle in its poller (a connection
+        accepted a moment ago counts: its first request is on the way)."""
+        return int(self.nr_conns) - len(self.keepalived_conns)
+
+    def _pause_accepting(self) -> None:
+        self._accept_paused_until = time.monotonic() + ACCEPT_DEFER_S
+        super().set_accept_enabled(False)
+        timer = threading.Timer(ACCEPT_DEFER_S, self.method_queue.defer, (self._resume_accepting,))
+        timer.daemon = True
+        timer.start()
+
+    def _resume_accepting(self) -> None:
+        """On the main thread once the pause is over: listen again, and take a connection
+        still waiting even though this worker is busy."""
+        self._accept_paused_until = 0.0
+        self._accept_anyway_until = time.monotonic() + ACCEPT_DEFER_S
+        if self.alive and self.nr_conns < self.worker_connections:
+            super().set_accept_enabled(True)
 
     def handle(self, conn: Any) -> Any:
         lane = self._lane()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import selectors
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -257,3 +259,66 @@ def test_send_copies_file_ranges_from_the_file(tmp_path):
 def _read_all(sock: socket.socket, into: bytearray) -> None:
     while chunk := sock.recv(1 << 20):
         into += chunk
+
+
+class Accepting:
+    """A ScrollingThreadWorker polling ``listener``, recording the connections it accepts
+    instead of handing them to its thread pool."""
+
+    def __init__(self, listener: socket.socket, *, serving: int = 0, idle: int = 0) -> None:
+        cfg = Config()
+        cfg.set("threads", 2)
+        self.worker = server.ScrollingThreadWorker(
+            0, os.getppid(), [listener], SimpleNamespace(), 30, cfg, Logger(cfg)
+        )
+        self.worker.alive = True
+        self.worker.poller = selectors.DefaultSelector()
+        self.worker.method_queue.init()
+        queue = self.worker.method_queue  # as the worker's run loop registers it
+        self.worker.poller.register(queue.fileno(), selectors.EVENT_READ, queue.run_callbacks)
+        self.worker.nr_conns = serving + idle
+        self.worker.keepalived_conns.extend(object() for _ in range(idle))
+        self.accepted: list[object] = []
+        self.worker.enqueue_req = self.accepted.append
+        self.worker.set_accept_enabled(True)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """One turn of the worker's loop: its events (a new connection, a timer's callback)."""
+        self.worker.set_accept_enabled(self.worker.nr_conns < self.worker.worker_connections)
+        self.worker.wait_for_and_dispatch_events(timeout)
+
+
+@pytest.fixture
+def listener():
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def test_a_busy_worker_leaves_a_new_connection_to_a_less_busy_one(listener):
+    busy, free = Accepting(listener, serving=2), Accepting(listener, serving=1)
+    with socket.create_connection(listener.getsockname()):
+        busy.poll(timeout=1)  # first to wake: it steps aside
+        free.poll(timeout=1)
+        assert (len(busy.accepted), len(free.accepted)) == (0, 1)
+        assert free.worker.nr_conns == 2
+
+
+def test_a_busy_worker_takes_a_connection_no_other_worker_took(listener):
+    busy = Accepting(listener, serving=2)
+    with socket.create_connection(listener.getsockname()):
+        busy.poll(timeout=1)
+        busy.poll()  # still paused: the run loop cannot turn listening back on
+        assert busy.accepted == [] and not busy.worker._accepting
+        deadline = time.monotonic() + 5
+        while not busy.accepted and time.monotonic() < deadline:
+            busy.poll(timeout=0.05)  # the timer's callback, then the connection
+        assert len(busy.accepted) == 1
+        assert busy.worker.nr_conns == 3
+
+
+def test_idle_kept_alive_connections_do_not_make_a_worker_busy(listener):
+    worker = Accepting(listener, serving=1, idle=5)
+    with socket.create_connection(listener.getsockname()):
+        worker.poll(timeout=1)
+        assert len(worker.accepted) == 1
