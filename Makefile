@@ -26,7 +26,7 @@ run: install frontend
 	$(PY) manage.py load_demo --queue-jobs
 	@echo "ILD Review on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
 	@trap 'kill 0' EXIT; \
-	$(VENV)/bin/celery -A webapp worker --pool=solo --queues=default,cpu,gpu --loglevel=INFO & \
+	$(VENV)/bin/celery -A webapp worker --beat --pool=solo --queues=default,cpu,gpu --loglevel=INFO & \
 	$(VENV)/bin/gunicorn -c python:webapp.gunicorn_conf webapp.wsgi --bind $(HOST):$(PORT) --access-logfile -
 
 test: install frontend

@@ -108,6 +108,14 @@ def abandoned_temps(older_than_s: float) -> list[Path]:
     return sorted(found)
 
 
+def remove_abandoned_temps(older_than_s: float) -> int:
+    """Remove :func:`abandoned_temps`; how many were removed."""
+    found = abandoned_temps(older_than_s)
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 def sync_folders(files: Iterable[Path]) -> None:
     """Flush to disk (fsync) the folders holding ``files`` and the two above each (a series
     folder made for this batch is an entry of its study folder, a new study folder one of the

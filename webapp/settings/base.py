@@ -151,6 +151,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = ("core.tasks.route_task",)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Periodic upkeep, sent by Celery beat (``celery worker --beat`` in `make run` and the docker
+# cpu-worker): abandoned upload files are swept every hour while the server runs.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-incoming": {"task": "studies.tasks.sweep_incoming", "schedule": 3600.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Segmentation and registration run on the gpu queue when a GPU worker exists; everything
 # else, and every job on a CPU-only site, runs on the cpu queue.
 ILD_GPU_QUEUE_ENABLED = env_bool("ILD_GPU_QUEUE_ENABLED", False)

@@ -28,12 +28,11 @@ class Command(BaseCommand):
         minutes = float(options["older_than"])
         if minutes < 0:
             raise CommandError("--older-than must be zero or more minutes")
-        found = storage.abandoned_temps(minutes * 60)
         if options["dry_run"]:
+            found = storage.abandoned_temps(minutes * 60)
             for path in found:
                 self.stdout.write(str(path))
             self.stdout.write(f"would remove {len(found)} abandoned upload file(s)")
             return
-        for path in found:
-            path.unlink(missing_ok=True)
-        self.stdout.write(f"removed {len(found)} abandoned upload file(s)")
+        removed = storage.remove_abandoned_temps(minutes * 60)
+        self.stdout.write(f"removed {removed} abandoned upload file(s)")
