@@ -82,7 +82,7 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
     (nginx's ``accept_disabled`` idea) and takes it itself only if none has by then.
     """
 
-    _accept_paused_until = 0.0  # monotonic time: listen again then
+    _accept_paused = False  # till the timer's callback turns listening back on
     _accept_anyway_until = 0.0  # monotonic time: till then take a connection even when busy
 
     def accept(self, listener: Any) -> None:
@@ -92,7 +92,7 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().accept(listener)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        if enabled and time.monotonic() < self._accept_paused_until:
+        if enabled and self._accept_paused:
             return  # the run loop asks on every turn; the timer resumes listening
         super().set_accept_enabled(enabled)
 
@@ -102,7 +102,7 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
         return int(self.nr_conns) - len(self.keepalived_conns)
 
     def _pause_accepting(self) -> None:
-        self._accept_paused_until = time.monotonic() + ACCEPT_DEFER_S
+        self._accept_paused = True
         super().set_accept_enabled(False)
         timer = threading.Timer(ACCEPT_DEFER_S, self.method_queue.defer, (self._resume_accepting,))
         timer.daemon = True
@@ -111,7 +111,7 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _resume_accepting(self) -> None:
         """On the main thread once the pause is over: listen again, and take a connection
         still waiting even though this worker is busy."""
-        self._accept_paused_until = 0.0
+        self._accept_paused = False
         self._accept_anyway_until = time.monotonic() + ACCEPT_DEFER_S
         if self.alive and self.nr_conns < self.worker_connections:
             super().set_accept_enabled(True)
