@@ -36,7 +36,7 @@ import ssl
 import threading
 import time
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NamedTuple
 
 from gunicorn import SERVER
 from gunicorn.workers.gthread import ThreadWorker
@@ -68,6 +68,8 @@ _NOT_FOR_LANE = frozenset(
         b"proxy-connection",
     }
 )
+# Response headers whose value differs from one response to the next.
+_PER_RESPONSE = frozenset({"Content-Type", "Content-Length", "Date", "Last-Modified", "ETag"})
 
 
 class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -210,6 +212,7 @@ class FrameLane:
         self.scheme = "https" if self.tls else "http"
         self.server_header = f"Server: {SERVER}\r\n".encode()
         self._date = (0, b"")
+        self._lines: dict[tuple[str, str], bytes] = {}
 
     def serve(self, conn: Any) -> bool:
         """Answer the connection's next request if it is the lane's; True when answered.
@@ -228,6 +231,11 @@ class FrameLane:
                     return False
             head, _, rest = data.partition(b"\r\n\r\n")
             answer = self._answer(head, conn)
+            if answer is not None:
+                answer = _open_ranges(answer)
+        except OSError:
+            unreader.unread(data)  # a frame's file is gone or short: the application says so
+            return False
         except Exception:
             unreader.unread(data)
             raise
@@ -235,28 +243,43 @@ class FrameLane:
             unreader.unread(data)
             return False
         unreader.unread(rest)  # a pipelined next request
-        _send(conn.sock, answer)
+        try:
+            _send(conn.sock, answer)
+        finally:
+            _close_ranges(answer)
         return True
 
     def _answer(self, head: bytes, conn: Any) -> list[Any] | None:
-        environ = self._environ(head, conn)
-        if environ is None:
+        found = self._environ(head, conn)
+        if found is None:
             return None
-        answer = self.respond(environ, file_ranges=not self.tls)
+        environ, memo = found
+        answer = self.respond(environ, file_ranges=not self.tls, memo=memo)
         if answer is None:
             return None
         headers, pieces = answer
         lines = [b"HTTP/1.1 200 OK\r\n", self.server_header, self._date_header()]
         lines.append(b"Connection: keep-alive\r\n")
-        lines += (f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+        lines += map(self._header_line, headers)
         lines.append(b"\r\n")
         return [b"".join(lines), *pieces]
 
-    def _environ(self, head: bytes, conn: Any) -> dict[str, Any] | None:
-        """The WSGI variables the fast path reads, or None for a request that is not the lane's.
+    def _header_line(self, header: tuple[str, str]) -> bytes:
+        """``Name: value`` and CRLF; those that do not change between responses are kept."""
+        line = self._lines.get(header)
+        if line is None:
+            line = f"{header[0]}: {header[1]}\r\n".encode("latin-1")
+            if header[0] not in _PER_RESPONSE and len(self._lines) < 64:
+                self._lines[header] = line
+        return line
+
+    def _environ(self, head: bytes, conn: Any) -> tuple[dict[str, Any], dict[Any, Any]] | None:
+        """The WSGI variables the fast path reads and the fast path's memo for these header
+        lines, or None for a request that is not the lane's.
 
         A viewer repeats the same header lines on every request of a connection: they are
-        parsed once per connection and reused while they stay byte-for-byte the same.
+        parsed once per connection and reused, with the memo, while they stay byte-for-byte
+        the same.
         """
         request_line, _, block = head.partition(b"\r\n")
         method, _, rest = request_line.partition(b" ")
@@ -266,17 +289,14 @@ class FrameLane:
         if b"?" in target or b"%" in target or b"#" in target or b" " in target:
             return None
         cached = getattr(conn, "_lane_headers", None)
-        if cached is not None and cached[0] == block:
-            base: dict[str, Any] = cached[1]
-        else:
+        if cached is None or cached[0] != block:
             parsed = self._headers(block, conn)
             if parsed is None:
                 return None
-            base = parsed
-            conn._lane_headers = (block, base)
-        environ = dict(base)
+            cached = conn._lane_headers = (block, parsed, {})
+        environ = dict(cached[1])
         environ["PATH_INFO"] = target.decode("ascii", "replace")
-        return environ
+        return environ, cached[2]
 
     def _headers(self, block: bytes, conn: Any) -> dict[str, Any] | None:
         environ: dict[str, Any] = {
@@ -346,15 +366,68 @@ def _send_bytes(sock: Any, pieces: list[bytes], *, more: bool) -> None:
             views[0] = views[0][sent:]
 
 
+class _OpenRange(NamedTuple):
+    """A ``FileRange`` whose file is open (``fd``) and long enough."""
+
+    fd: int
+    path: str
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, self.size, self.offset)
+
+
+def _open_ranges(pieces: list[Any]) -> list[Any]:
+    """``pieces`` with each ``FileRange`` opened, before a byte of the answer goes out.
+
+    Raises:
+        OSError: a file is missing, unreadable or shorter than its range (none is left open).
+    """
+    if all(isinstance(piece, bytes) for piece in pieces):
+        return pieces
+    opened: list[Any] = []
+    try:
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                opened.append(piece)
+                continue
+            fd = os.open(piece.path, os.O_RDONLY)
+            opened.append(_OpenRange(fd, piece.path, piece.offset, piece.size))
+            if os.fstat(fd).st_size < piece.offset + piece.size:
+                raise OSError(f"{piece.path} is shorter than its recorded Pixel Data")
+    except BaseException:
+        _close_ranges(opened)
+        raise
+    return opened
+
+
+def _close_ranges(pieces: list[Any]) -> None:
+    for piece in pieces:
+        if isinstance(piece, _OpenRange):
+            os.close(piece.fd)
+
+
 def _send_file(sock: Any, piece: Any) -> None:
+    """Copy a file range to ``sock`` in the kernel; a ``FileRange`` is opened for the copy."""
+    if isinstance(piece, _OpenRange):
+        _sendfile(sock, piece.fd, piece)
+        return
     fd = os.open(piece.path, os.O_RDONLY)
     try:
-        offset, left = piece.offset, piece.size
-        while left > 0:
-            sent = os.sendfile(sock.fileno(), fd, offset, left)
-            if sent == 0:
-                raise OSError(f"{piece.path} ended before its recorded Pixel Data")
-            offset += sent
-            left -= sent
+        _sendfile(sock, fd, piece)
     finally:
         os.close(fd)
+
+
+def _sendfile(sock: Any, fd: int, piece: Any) -> None:
+    offset, left = piece.offset, piece.size
+    while left > 0:
+        sent = os.sendfile(sock.fileno(), fd, offset, left)
+        if sent == 0:
+            raise OSError(f"{piece.path} ended before its recorded Pixel Data")
+        offset += sent
+        left -= sent

@@ -18,12 +18,19 @@ What is cached, per process, and for how long (``TTL_S``):
   ``selectors.instances_under`` (so ``visible_instances``, with any blinding filter) returns for
   this user and project are loaded in one query. A revoked membership stops serving frames
   within ``TTL_S`` seconds; a deleted file is a miss and goes to Django.
+
+A caller may also hand ``respond`` a ``memo``: a dict it keeps for requests that repeat the
+same header lines (the server's frame lane keeps one per connection). The Host check and the
+credential's user are then remembered there for ``MEMO_S`` seconds and the Accept header's plan
+for as long as the memo lives, so a viewer's stream of frame requests on one connection pays
+for them once a second; a revoked credential stops working within ``TTL_S + MEMO_S`` seconds.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -58,6 +65,7 @@ StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 TTL_S = 30.0
+MEMO_S = 1.0
 MAX_ENTRIES = 200_000
 # The frames route of studies/dicomweb/urls.py under /dicomweb/ and /dicomweb/projects/<slug>/,
 # narrowed to well-formed UIDs and frame lists: anything else is Django's to answer.
@@ -127,19 +135,25 @@ class FrameFastPath:
         return cast(list[bytes], pieces)  # without file_ranges, every piece is bytes
 
     def respond(
-        self, environ: dict[str, Any], *, file_ranges: bool = False
+        self,
+        environ: dict[str, Any],
+        *,
+        file_ranges: bool = False,
+        memo: dict[Any, Any] | None = None,
     ) -> tuple[list[tuple[str, str]], list[Piece]] | None:
         """The 200 response's headers and body pieces for a request answered here, else None.
 
         Also what the server's frame lane (``webapp.server``) sends without a WSGI round trip;
-        with ``file_ranges`` the frames are :class:`FileRange` pieces it can ``sendfile``.
+        with ``file_ranges`` the frames are :class:`FileRange` pieces it can ``sendfile`` (the
+        sender checks each file's length as it opens it). ``memo``: a dict kept by the caller
+        for requests with the same header lines as this one (see the module's docstring).
         """
         if environ.get("REQUEST_METHOD") != "GET":
             return None
         match = FRAMES_PATH.match(environ.get("PATH_INFO", ""))
         if match is None:
             return None
-        served = serve_frames(environ, match, file_ranges=file_ranges)
+        served = serve_frames(environ, match, file_ranges=file_ranges, memo=memo)
         if served is None:
             return None
         content_type, pieces = served
@@ -194,21 +208,23 @@ def _is_secure(environ: dict[str, Any]) -> bool:
 
 
 def serve_frames(
-    environ: dict[str, Any], match: re.Match[str], *, file_ranges: bool = False
+    environ: dict[str, Any],
+    match: re.Match[str],
+    *,
+    file_ranges: bool = False,
+    memo: dict[Any, Any] | None = None,
 ) -> tuple[str, list[Piece]] | None:
     """(Content-Type, body pieces) for a request the fast path can answer, else None."""
-    if getattr(settings, "SECURE_SSL_REDIRECT", False) or not _host_allowed(environ):
-        return None
     try:
-        user = authenticated_user(environ)
-        if user is None:
+        who = _caller(environ, memo)
+        if who is None:
             return None
         project = match["project"]
-        found = frame_location(user, project, match["study"], match["series"], match["sop"])
+        found = frame_location(who, project, match["study"], match["series"], match["sop"])
         if found is None:
             return None
         path, offset, size, number_of_frames, stored = found
-        plan = frame_plan(environ.get("HTTP_ACCEPT"), stored)
+        plan = _memo_plan(memo, environ.get("HTTP_ACCEPT"), stored)
         if plan is None or plan.decode:
             return None
         numbers = wado.parse_frame_numbers(match["frames"], number_of_frames)
@@ -219,6 +235,43 @@ def serve_frames(
         # A database or other failure: Django's handler reports it as it does for any view.
         logger.debug("frame fast path fell back to Django", exc_info=True)
         return None
+
+
+# (user, (user's key, site admin, role)): who asks, and what decides what they may see.
+Caller = tuple[Any, tuple[Any, bool, Any]]
+
+
+def _caller(environ: dict[str, Any], memo: dict[Any, Any] | None) -> Caller | None:
+    """The authenticated caller of a request to an allowed Host, else None: from ``memo``
+    within ``MEMO_S`` seconds of the last check with these header lines.
+
+    Raises:
+        AuthenticationFailed: a token that is not (or no longer) valid.
+    """
+    if memo is not None:
+        hit = memo.get("caller")
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]  # type: ignore[no-any-return]
+    if getattr(settings, "SECURE_SSL_REDIRECT", False) or not _host_allowed(environ):
+        return None
+    user = authenticated_user(environ)
+    if user is None:
+        return None
+    who = (user, (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None)))
+    if memo is not None:
+        memo["caller"] = (time.monotonic() + MEMO_S, who)
+    return who
+
+
+def _memo_plan(memo: dict[Any, Any] | None, accept: str | None, stored: str) -> Any:
+    """:func:`frame_plan`, remembered in ``memo`` (its Accept header is the memo's own)."""
+    if memo is None:
+        return frame_plan(accept, stored)
+    key = ("plan", stored)
+    plan = memo.get(key)
+    if plan is None:
+        plan = memo[key] = frame_plan(accept, stored) or False
+    return plan or None
 
 
 def _host_allowed(environ: dict[str, Any]) -> bool:
@@ -308,12 +361,12 @@ Location = tuple[str, int, int, int, str]
 
 
 def frame_location(
-    user: User | AnonymousUser, project: str | None, study: str, series: str, sop: str
+    who: Caller, project: str | None, study: str, series: str, sop: str
 ) -> Location | None:
     """Where a visible native instance's frames are; a miss loads the series' visible rows.
     None for an invisible instance and for one whose frames are not whole native bytes."""
-    who = (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None))
-    owner = (who, project, study, series)
+    user, sees = who
+    owner = (sees, project, study, series)
     found = _frames.get((*owner, sop))
     if found is not None:
         return found or None  # False: visible, but not served here
@@ -379,6 +432,13 @@ class FileRange(NamedTuple):
 Piece = bytes | FileRange
 
 
+@functools.lru_cache(maxsize=64)
+def _part_type(plan: wado.FramePlan) -> tuple[str, bytes]:
+    """A frame part's Content-Type and header block under ``plan``."""
+    part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
+    return part_type, part_header(part_type)
+
+
 def frames_body(
     path: str,
     offset: int,
@@ -389,22 +449,17 @@ def frames_body(
     file_ranges: bool = False,
 ) -> tuple[str, list[Piece]]:
     """The frames laid out as ``wado.frames_body`` does, as the pieces of the body: read with
-    one ``pread`` each, or (``file_ranges``) as :class:`FileRange` pieces. The server writes
-    the pieces one after another, without joining a copy."""
+    one ``pread`` each, or (``file_ranges``) as :class:`FileRange` pieces, which the sender
+    checks against the file's length when it opens it. The server writes the pieces one after
+    another, without joining a copy."""
     ranges = [FileRange(path, offset + (n - 1) * size, size) for n in numbers]
-    frames: list[Piece]
-    if file_ranges:
-        if os.stat(path).st_size < offset + max(numbers) * size:
-            raise OSError(f"{path} is shorter than its recorded Pixel Data")
-        frames = list(ranges)
-    else:
-        frames = [r.read() for r in ranges]
-    part_type = f"{plan.part_type}; transfer-syntax={plan.transfer_syntax}"
+    frames: list[Piece] = list(ranges) if file_ranges else [r.read() for r in ranges]
+    part_type, part_head = _part_type(plan)
     if not plan.multipart and len(frames) == 1:
         return part_type, frames
     boundary = os.urandom(16).hex()
     marker = b"--" + boundary.encode()
-    header = marker + CRLF + part_header(part_type)
+    header = marker + CRLF + part_head
     pieces: list[Piece] = []
     for frame in frames:
         pieces += (header, frame, CRLF)

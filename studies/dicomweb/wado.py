@@ -176,16 +176,42 @@ def type_is(pattern: str, media_type: str) -> bool:
     return pattern == media_type
 
 
+def damaged(ref: FrameRef) -> ApplicationError:
+    """The answer for an instance whose stored file is gone or shorter than recorded at ingest."""
+    return ApplicationError(
+        f"the stored file of this instance ({ref.file}) is missing or shorter than its "
+        "recorded Pixel Data; store the instance again (STOW-RS or upload) to restore it",
+        status_code=500,
+    )
+
+
 def read_frames(ref: FrameRef, numbers: list[int], plan: FramePlan) -> list[bytes]:
+    """The frames' bytes as ``plan`` sends them.
+
+    Raises:
+        ApplicationError: the stored file is missing or short (500, :func:`damaged`).
+    """
+    try:
+        return _read_frames(ref, numbers, plan)
+    except FileNotFoundError:
+        raise damaged(ref) from None
+
+
+def _read_frames(ref: FrameRef, numbers: list[int], plan: FramePlan) -> list[bytes]:
     if not plan.decode and ref.transfer_syntax_uid in NATIVE_LE:
         size = ref.native_frame_size()
         if size is not None:
             assert ref.pixel_data_offset is not None
             fd = os.open(ref.path, os.O_RDONLY)
             try:
-                return [os.pread(fd, size, ref.pixel_data_offset + (n - 1) * size) for n in numbers]
+                frames = [
+                    os.pread(fd, size, ref.pixel_data_offset + (n - 1) * size) for n in numbers
+                ]
             finally:
                 os.close(fd)
+            if any(len(frame) != size for frame in frames):
+                raise damaged(ref)
+            return frames
     encapsulated = ref.transfer_syntax_uid in FRAME_MEDIA_TYPES
     if not plan.decode and encapsulated and ref.pixel_data_offset is not None:
         with ref.path.open("rb") as handle:

@@ -20,8 +20,11 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import TConn
+from rest_framework.authtoken.models import Token
 
 from studies.dicomweb import fastpath
+from studies.dicomweb.authentication import CachedTokenAuthentication
+from studies.services import storage
 from tests.dicomweb_tests.conftest import expected_pixels, path_of
 from tests.dicomweb_tests.test_fastpath import OCTET_ANY, Spy, parts_of, token_for
 from webapp import server
@@ -194,6 +197,75 @@ def test_requests_that_are_not_plain_frame_gets_reach_the_application_in_order(
     for response in (*responses[:2], *responses[3:5], *responses[7:]):
         [(_, content)] = parts_of(response.getheader("Content-Type"), response.body)
         assert content == expected_pixels(0)
+
+
+def test_a_frame_whose_file_is_short_or_gone_is_left_to_the_application(
+    monkeypatch, series, reader_a
+):
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    paths = frame_paths(series)
+    instances = list(series.instances.order_by("instance_number"))
+    short, gone = (storage.absolute(instance.file) for instance in instances[1:3])
+    short.write_bytes(short.read_bytes()[:-100])
+    gone.unlink()
+    application = []
+    answered = fastpath.FrameFastPath.__call__
+
+    def spying(app, environ, start_response):
+        application.append(environ["PATH_INFO"])
+        return answered(app, environ, start_response)
+
+    monkeypatch.setattr(fastpath.FrameFastPath, "__call__", spying)
+
+    requests = [get(p, auth, accept) for p in (*paths[:3], paths[0])]
+    result, responses = worker.exchange(*requests)
+
+    # The lane opens a frame's file before a byte goes out: a short or missing one goes to
+    # the application, which answers it whole, and the connection serves on.
+    assert result is True
+    assert application == [paths[0], paths[1], paths[2]]  # the first request, then the two
+    assert worker.spy.calls == 2  # the fast path declined both: Django answered them
+    assert [r.status for r in responses] == [200, 500, 500, 200]
+    for response in responses[1:3]:
+        assert b"missing or shorter than its recorded Pixel Data" in response.body
+    for response in (responses[0], responses[3]):
+        [(_, content)] = parts_of(response.getheader("Content-Type"), response.body)
+        assert content == expected_pixels(0)
+
+
+def test_a_connection_checks_its_caller_once_a_second_not_per_frame(monkeypatch, series, reader_a):
+    worker = Worker(monkeypatch)
+    token = token_for(reader_a)
+    auth, accept = f"Authorization: {token}", f"Accept: {OCTET_ANY}"
+    paths = frame_paths(series)
+    checks = []
+    authenticate = fastpath.authenticated_user
+
+    def counting(environ):
+        checks.append(environ["PATH_INFO"])
+        return authenticate(environ)
+
+    monkeypatch.setattr(fastpath, "authenticated_user", counting)
+
+    _, responses = worker.exchange(*(get(p, auth, accept) for p in paths))
+
+    assert [r.status for r in responses] == [200] * len(paths)
+    assert worker.lane_answers == len(paths) - 1
+    assert checks == paths[:2]  # gunicorn's first request, then the lane's memo for the rest
+
+    # Past MEMO_S the caller is checked again: a deleted token stops serving frames.
+    monkeypatch.setattr(fastpath, "MEMO_S", 0.0)
+    checks.clear()
+    Token.objects.filter(key=token.split()[1]).delete()
+    first = get(paths[0], auth, accept)
+    _, responses = worker.exchange(first, first, first)
+    assert [r.status for r in responses] == [200, 200, 200]  # the token cache still knows it
+    assert len(checks) == 3  # but every request asked it
+    fastpath.clear_caches()
+    CachedTokenAuthentication._cache.clear()
+    _, responses = worker.exchange(first, first, first)
+    assert [r.status for r in responses] == [401, 401, 401]
 
 
 def test_connection_close_is_honoured_and_the_worker_lets_go(monkeypatch, series, reader_a):
