@@ -268,6 +268,19 @@ def test_a_connection_checks_its_caller_once_a_second_not_per_frame(monkeypatch,
     assert [r.status for r in responses] == [401, 401, 401]
 
 
+def test_a_host_the_fast_path_has_not_checked_yet_takes_the_lane(monkeypatch, series, reader_a):
+    worker = Worker(monkeypatch)
+    auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
+    own = frame_paths(series)[0]
+    other_host = get(own, auth, accept).replace(b"Host: 127.0.0.1:8000", b"Host: localhost:8000")
+
+    _, responses = worker.exchange(get(own, auth, accept), other_host, other_host)
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert worker.lane_answers == 2  # the new Host value is checked in the lane itself
+    assert worker.spy.calls == 0
+
+
 def test_connection_close_is_honoured_and_the_worker_lets_go(monkeypatch, series, reader_a):
     worker = Worker(monkeypatch)
     auth, accept = f"Authorization: {token_for(reader_a)}", f"Accept: {OCTET_ANY}"
