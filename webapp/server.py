@@ -367,18 +367,13 @@ def _send_bytes(sock: Any, pieces: list[bytes], *, more: bool) -> None:
 
 
 class _OpenRange(NamedTuple):
-    """A ``FileRange`` whose file is open (``fd``) and long enough."""
+    """A ``FileRange`` (``part``) whose file is open (``fd``) and long enough."""
 
     fd: int
-    path: str
-    offset: int
-    size: int
-
-    def __len__(self) -> int:
-        return self.size
+    part: Any
 
     def read(self) -> bytes:
-        return os.pread(self.fd, self.size, self.offset)
+        return os.pread(self.fd, self.part.size, self.part.offset)
 
 
 def _open_ranges(pieces: list[Any]) -> list[Any]:
@@ -396,7 +391,7 @@ def _open_ranges(pieces: list[Any]) -> list[Any]:
                 opened.append(piece)
                 continue
             fd = os.open(piece.path, os.O_RDONLY)
-            opened.append(_OpenRange(fd, piece.path, piece.offset, piece.size))
+            opened.append(_OpenRange(fd, piece))
             if os.fstat(fd).st_size < piece.offset + piece.size:
                 raise OSError(f"{piece.path} is shorter than its recorded Pixel Data")
     except BaseException:
@@ -414,7 +409,7 @@ def _close_ranges(pieces: list[Any]) -> None:
 def _send_file(sock: Any, piece: Any) -> None:
     """Copy a file range to ``sock`` in the kernel; a ``FileRange`` is opened for the copy."""
     if isinstance(piece, _OpenRange):
-        _sendfile(sock, piece.fd, piece)
+        _sendfile(sock, piece.fd, piece.part)
         return
     fd = os.open(piece.path, os.O_RDONLY)
     try:
