@@ -335,8 +335,8 @@ class FrameLane:
 
 
 def _send(sock: Any, pieces: list[Any]) -> None:
-    """Write ``pieces`` in order: bytes gathered into few system calls, and ``FileRange``
-    pieces (``studies.dicomweb.fastpath``) copied by the kernel from the file (``sendfile``)."""
+    """Write ``pieces`` in order: bytes gathered into few system calls, and file ranges
+    (:func:`_open_ranges`) copied by the kernel from the file (``sendfile``)."""
     if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
         for piece in pieces:
             sock.sendall(piece if isinstance(piece, bytes) else piece.read())
@@ -377,52 +377,47 @@ class _OpenRange(NamedTuple):
 
 
 def _open_ranges(pieces: list[Any]) -> list[Any]:
-    """``pieces`` with each ``FileRange`` opened, before a byte of the answer goes out.
+    """``pieces`` with each ``FileRange`` opened (each file once, however many frames of it
+    the answer has), before a byte of the answer goes out.
 
     Raises:
-        OSError: a file is missing, unreadable or shorter than its range (none is left open).
+        OSError: a file is missing, unreadable or shorter than its ranges (none is left open).
     """
     if all(isinstance(piece, bytes) for piece in pieces):
         return pieces
-    opened: list[Any] = []
+    files: dict[str, tuple[int, int]] = {}  # path -> (descriptor, length)
     try:
+        opened: list[Any] = []
         for piece in pieces:
             if isinstance(piece, bytes):
                 opened.append(piece)
                 continue
-            fd = os.open(piece.path, os.O_RDONLY)
-            opened.append(_OpenRange(fd, piece))
-            if os.fstat(fd).st_size < piece.offset + piece.size:
+            if piece.path not in files:
+                fd = os.open(piece.path, os.O_RDONLY)
+                files[piece.path] = (fd, os.fstat(fd).st_size)
+            fd, length = files[piece.path]
+            if length < piece.offset + piece.size:
                 raise OSError(f"{piece.path} is shorter than its recorded Pixel Data")
+            opened.append(_OpenRange(fd, piece))
     except BaseException:
-        _close_ranges(opened)
+        for fd, _ in files.values():
+            os.close(fd)
         raise
     return opened
 
 
 def _close_ranges(pieces: list[Any]) -> None:
-    for piece in pieces:
-        if isinstance(piece, _OpenRange):
-            os.close(piece.fd)
-
-
-def _send_file(sock: Any, piece: Any) -> None:
-    """Copy a file range to ``sock`` in the kernel; a ``FileRange`` is opened for the copy."""
-    if isinstance(piece, _OpenRange):
-        _sendfile(sock, piece.fd, piece.part)
-        return
-    fd = os.open(piece.path, os.O_RDONLY)
-    try:
-        _sendfile(sock, fd, piece)
-    finally:
+    for fd in {piece.fd for piece in pieces if isinstance(piece, _OpenRange)}:
         os.close(fd)
 
 
-def _sendfile(sock: Any, fd: int, piece: Any) -> None:
-    offset, left = piece.offset, piece.size
+def _send_file(sock: Any, piece: _OpenRange) -> None:
+    """Copy an opened file range to ``sock`` in the kernel (``sendfile``)."""
+    fd, part = piece
+    offset, left = part.offset, part.size
     while left > 0:
         sent = os.sendfile(sock.fileno(), fd, offset, left)
         if sent == 0:
-            raise OSError(f"{piece.path} ended before its recorded Pixel Data")
+            raise OSError(f"{part.path} ended before its recorded Pixel Data")
         offset += sent
         left -= sent

@@ -21,9 +21,10 @@ What is cached, per process, and for how long (``TTL_S``):
 
 A caller may also hand ``respond`` a ``memo``: a dict it keeps for requests that repeat the
 same header lines (the server's frame lane keeps one per connection). The Host check and the
-credential's user are then remembered there for ``MEMO_S`` seconds and the Accept header's plan
-for as long as the memo lives, so a viewer's stream of frame requests on one connection pays
-for them once a second; a revoked credential stops working within ``TTL_S + MEMO_S`` seconds.
+credential's user are then remembered there for ``MEMO_S`` seconds, so a viewer's stream of
+frame requests on one connection pays for them once a second; a revoked credential stops
+working within ``TTL_S + MEMO_S`` seconds. Frame plans depend only on the Accept header and
+the stored transfer syntax, and are kept without a time limit.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class _TtlCache:
 
 _users = _TtlCache(4096)  # session key or Basic header digest -> user
 _frames = _TtlCache()  # (user, project, study, series, sop) -> Location | False
-_plans = _TtlCache(1024)  # (Accept, stored transfer syntax) -> FramePlan
 _hosts: set[str] = set()
 
 
@@ -115,7 +115,7 @@ def clear_caches() -> None:
     """Forget every cached credential, location and plan (tests; a project's access change)."""
     _users.clear()
     _frames.clear()
-    _plans.clear()
+    frame_plan.cache_clear()
     _hosts.clear()
 
 
@@ -225,7 +225,7 @@ def serve_frames(
         if found is None:
             return None
         path, offset, size, number_of_frames, stored = found
-        plan = _memo_plan(memo, environ.get("HTTP_ACCEPT"), stored)
+        plan = frame_plan(environ.get("HTTP_ACCEPT"), stored)
         if plan is None or plan.decode:
             return None
         numbers = wado.parse_frame_numbers(match["frames"], number_of_frames)
@@ -262,17 +262,6 @@ def _caller(environ: dict[str, Any], memo: dict[Any, Any] | None) -> Caller | No
     if memo is not None:
         memo["caller"] = (time.monotonic() + MEMO_S, who)
     return who
-
-
-def _memo_plan(memo: dict[Any, Any] | None, accept: str | None, stored: str) -> Any:
-    """:func:`frame_plan`, remembered in ``memo`` (its Accept header is the memo's own)."""
-    if memo is None:
-        return frame_plan(accept, stored)
-    key = ("plan", stored)
-    plan = memo.get(key)
-    if plan is None:
-        plan = memo[key] = frame_plan(accept, stored) or False
-    return plan or None
 
 
 def _host_allowed(environ: dict[str, Any]) -> bool:
@@ -393,16 +382,14 @@ def _location(ref: wado.FrameRef) -> Location | None:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def frame_plan(accept: str | None, stored: str) -> wado.FramePlan | None:
-    key = (accept, stored)
-    plan = _plans.get(key)
-    if plan is None:
-        try:
-            plan = wado.plan_frames(parse_accept(accept), stored)
-        except ApplicationError:
-            return None
-        _plans.put_many([(key, plan)])
-    return plan  # type: ignore[no-any-return]
+    """The plan for an Accept header and a stored transfer syntax (None: Django answers 406);
+    it depends on nothing else, so it is kept as long as there is room."""
+    try:
+        return wado.plan_frames(parse_accept(accept), stored)
+    except ApplicationError:
+        return None
 
 
 class FileRange(NamedTuple):

@@ -336,7 +336,9 @@ def test_send_copies_file_ranges_from_the_file(tmp_path):
     reader = threading.Thread(target=lambda: _read_all(theirs, received))
     reader.start()
     try:
-        server._send(ours, [b"head", piece, b"tail"])
+        pieces = server._open_ranges([b"head", piece, b"tail"])
+        server._send(ours, pieces)
+        server._close_ranges(pieces)
     finally:
         ours.close()
         reader.join(10)
@@ -410,3 +412,20 @@ def test_idle_kept_alive_connections_do_not_make_a_worker_busy(listener):
     with socket.create_connection(listener.getsockname()):
         worker.poll(timeout=1)
         assert len(worker.accepted) == 1
+
+
+def test_open_ranges_opens_each_file_once_and_refuses_a_short_one(tmp_path):
+    (tmp_path / "f.dcm").write_bytes(os.urandom(1000))
+    path = str(tmp_path / "f.dcm")
+    frames = [fastpath.FileRange(path, 100, 400), fastpath.FileRange(path, 500, 400)]
+    open_files = len(os.listdir("/proc/self/fd"))
+
+    pieces = server._open_ranges([b"head", *frames, b"tail"])
+    assert len(os.listdir("/proc/self/fd")) == open_files + 1  # one descriptor for both
+    assert [p.read() for p in pieces[1:3]] == [f.read() for f in frames]
+    server._close_ranges(pieces)
+    assert len(os.listdir("/proc/self/fd")) == open_files
+
+    with pytest.raises(OSError, match="shorter than its recorded Pixel Data"):
+        server._open_ranges([*frames, fastpath.FileRange(path, 900, 400)])
+    assert len(os.listdir("/proc/self/fd")) == open_files
