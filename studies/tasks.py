@@ -9,15 +9,12 @@ from studies.services import storage
 
 logger = logging.getLogger(__name__)
 
-# An upload renames or removes its temporary files before it returns; none takes an hour.
-ABANDONED_AFTER_S = 3600.0
-
 
 @task(queue="default", soft_time_limit=1800)
 def sweep_incoming() -> int:
     """Remove the temporary files of uploads whose process was killed (a worker past its
     timeout, a crash) while the server ran on: ``manage.py sweep_incoming`` on a schedule."""
-    removed = storage.remove_abandoned_temps(ABANDONED_AFTER_S)
+    removed = storage.remove_abandoned_temps(storage.ABANDONED_AFTER_S)
     if removed:
         logger.warning("removed %d abandoned upload file(s)", removed)
     return removed

@@ -108,6 +108,10 @@ def abandoned_temps(older_than_s: float) -> list[Path]:
     return sorted(found)
 
 
+# An upload renames or removes its temporary files before it returns; none takes an hour.
+ABANDONED_AFTER_S = 3600.0
+
+
 def remove_abandoned_temps(older_than_s: float) -> int:
     """Remove :func:`abandoned_temps`; how many were removed."""
     found = abandoned_temps(older_than_s)

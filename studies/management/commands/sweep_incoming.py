@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--older-than",
             type=float,
-            default=60.0,
+            default=storage.ABANDONED_AFTER_S / 60,
             metavar="MINUTES",
             help="only files last written this long ago (default 60: no upload takes that long)",
         )
