@@ -30,7 +30,7 @@ def test_env_bool_refuses_unknown_values(monkeypatch):
 def test_database_urls():
     pg = parse_database_url("postgres://ild:s%40cret@db.example:6543/ild_review", base_dir=REPO)
     assert (pg["ENGINE"], pg["NAME"], pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"]) == (
-        "django.db.backends.postgresql",
+        "core.db.postgresql",
         "ild_review",
         "ild",
         "s@cret",

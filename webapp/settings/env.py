@@ -84,7 +84,8 @@ def parse_database_url(url: str, *, base_dir: Path) -> dict[str, Any]:
         threshold = str(options.get("prepare_threshold", "1"))
         options["prepare_threshold"] = None if threshold.lower() == "none" else int(threshold)
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            # Django's backend, its health check run at most once a second per connection.
+            "ENGINE": "core.db.postgresql",
             "NAME": unquote(parts.path.lstrip("/")),
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
