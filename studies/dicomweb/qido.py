@@ -9,6 +9,7 @@ that are not DICOM attributes at all are a 400.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -302,6 +303,9 @@ def _da(value: date | str | None) -> str | None:
     return value.strftime("%Y%m%d")
 
 
+# The order of the study list: by patient, then date (the key keeps pages stable).
+STUDY_ORDER = ("patient__patient_id", "study_date", "study_instance_uid", "pk")
+
 # What a study result holds, in the order _study_row_attributes reads it.
 STUDY_COLUMNS = (
     "study_instance_uid",
@@ -477,63 +481,55 @@ def _finish(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
-    """Two queries: the page of studies, and instance/series counts with modalities for it.
+    """One query: a row per (study, modality) of the page, with instance and series counts.
 
-    Without matching keys (a viewer's study list, asked for again and again) both are
-    compiled once a minute per user and project (``selectors.compiled``).
+    Every visible study holds a visible instance, so grouping the page's instances by study
+    and modality yields each study of the page with its counts. Without matching keys (a
+    viewer's study list, asked for again and again) the SQL is compiled once a minute per user
+    and project (``selectors.compiled``).
     """
     selectors.require_project(scope)
+    study = "series__study__"
+    columns = ("series__study_id", *(study + c for c in STUDY_COLUMNS), "series__modality")
 
-    def page() -> QuerySet[Study]:
-        queryset = _apply_filters(selectors.visible_studies(scope), query, Study)
-        ordered = queryset.order_by("patient__patient_id", "study_date", "study_instance_uid")
-        return _page(ordered, query)
-
-    def studies() -> QuerySet[Any]:
-        return page().values_list("pk", *STUDY_COLUMNS)
-
-    def counts() -> QuerySet[Any]:
-        # One row per (study, modality): a series has one modality, so sums are exact.
+    def rows() -> QuerySet[Any]:
+        page = _page(
+            _apply_filters(selectors.visible_studies(scope), query, Study).order_by(*STUDY_ORDER),
+            query,
+        )
+        # A series has one modality, so the counts of a study's rows add up exactly.
         return (
             selectors.visible_instances(scope)
-            .filter(series__study_id__in=page().values("pk"))
+            .filter(series__study_id__in=page.values("pk"))
             .order_by()
-            .values("series__study_id", "series__modality")
+            .values(*columns)
             .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
-            .values_list("series__study_id", "series__modality", "n_instances", "n_series")
+            .order_by(*(study + c for c in STUDY_ORDER), "series__modality")
+            .values_list(*columns, "n_instances", "n_series")
         )
 
     if query.filters:
-        rows, count_rows = list(studies()), list(counts())
+        found = list(rows())
     else:
-        page_key = ("qido-studies", query.limit, query.offset)
-        rows = selectors.cached_rows(scope, (*page_key, "rows"), studies)
-        count_rows = selectors.cached_rows(scope, (*page_key, "counts"), counts)
-    totals: dict[uuid.UUID, dict[str, Any]] = {}
-    for study_pk, modality, n_instances, n_series in count_rows:
-        total = totals.setdefault(
-            _uuid(study_pk), {"n_instances": 0, "n_series": 0, "modalities": set()}
-        )
-        total["n_instances"] += n_instances
-        total["n_series"] += n_series
-        total["modalities"].add(modality)
-    ids = [_uuid(row[0]) for row in rows]
-    items = []
-    for study_pk, row in zip(ids, rows, strict=True):
-        item = _study_row_attributes(row[1:], scope)
-        count = totals.get(study_pk, {"n_instances": 0, "n_series": 0, "modalities": set()})
-        modalities = sorted(count["modalities"])
+        found = selectors.cached_rows(scope, ("qido-studies", query.limit, query.offset), rows)
+    items: list[dict[str, Any]] = []
+    ids: list[uuid.UUID] = []
+    for study_pk, group in itertools.groupby(found, key=lambda row: row[0]):
+        per_modality = list(group)
+        modalities = sorted({row[-3] for row in per_modality})
+        item = _study_row_attributes(per_modality[0][1:-3], scope)
         item["00080061"] = attr("CS", *modalities)
         if 0x00080060 in query.include:
             # OHIF's study list asks for Modality at study level; it means the modalities.
             item["00080060"] = attr("CS", *modalities)
-        item["00201206"] = attr("IS", count["n_series"])
-        item["00201208"] = attr("IS", count["n_instances"])
+        item["00201206"] = attr("IS", sum(row[-1] for row in per_modality))
+        item["00201208"] = attr("IS", sum(row[-2] for row in per_modality))
+        ids.append(_uuid(study_pk))
         items.append(item)
     if items and _needs_representative(query, set(items[0])):
-        found = _representatives(scope, "series__study_id", ids)
+        representatives = _representatives(scope, "series__study_id", ids)
         for study_pk, item in zip(ids, items, strict=True):
-            item.update(_extras(found.get(study_pk), query, item))
+            item.update(_extras(representatives.get(study_pk), query, item))
     return QidoResult(_finish(items), query.warnings)
 
 

@@ -182,3 +182,26 @@ def test_a_membership_or_role_change_applies_to_the_next_study_list(
     reader_a.save()
     Membership.objects.filter(user=reader_a).delete()
     assert search(client, f"{ROOT}/studies") == []
+
+
+@pytest.mark.parametrize("params", [{}, {"PatientID": "MIXED"}, {"ModalitiesInStudy": "PT"}])
+def test_a_study_of_several_modalities_is_one_result_with_all_of_them(
+    api_client_for, reader_a, project, params
+):
+    ct = store_series(project, 3, patient_id="MIXED")
+    pet = store_series(project, 2, patient_id="MIXED", study_uid=ct.study.study_instance_uid)
+    pet.modality = "PT"
+    pet.save()
+    store_series(project, 1, patient_id="ZZ-AFTER")
+    client = api_client_for(reader_a)
+    found = search(client, f"{ROOT}/studies", includefield="00080060", **params)
+    mixed = [item for item in found if values([item], "00100020") == ["MIXED"]]
+    assert len(mixed) == 1
+    (study,) = mixed
+    assert study["00080061"]["Value"] == ["CT", "PT"]
+    assert study["00080060"]["Value"] == ["CT", "PT"]  # OHIF's study-level Modality
+    assert study["00201206"]["Value"] == [2]
+    assert study["00201208"]["Value"] == [5]
+    if not params:
+        assert values(found, "00100020") == ["MIXED", "ZZ-AFTER"]
+        assert values(search(client, f"{ROOT}/studies", limit=1, offset=1), "00201208") == [1]
