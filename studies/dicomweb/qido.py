@@ -13,11 +13,12 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Literal
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
@@ -220,8 +221,54 @@ def _wildcard_regex(value: str) -> str:
     )
 
 
-def _condition(attribute: Attribute, path: str, value: str, fuzzy: bool) -> Q | None:
-    """The Q object for one matching key, or None for universal matching."""
+SlotKind = Literal["str", "int", "date", "iexact"]
+
+
+def _plain(value: Any, kind: SlotKind = "str") -> Any:
+    """A condition's value as it is (the ORM prepares it)."""
+    return value
+
+
+class Slots:
+    """A query's conditions with a sentinel in place of each of the request's values.
+
+    A search is then compiled once a minute per shape (which keys, which kind of match, how
+    many values), not per value: the sentinels are found in the compiled parameters and the
+    values go in their place (``selectors.compiled``). Each value is prepared here as the ORM
+    would prepare it for its lookup, so the conditions use only lookups that pass a value
+    through unchanged, or through Django's own ``adapt_datefield_value`` and
+    ``prep_for_iexact_query``.
+    """
+
+    def __init__(self) -> None:
+        self.sentinels: list[Any] = []  # as the compiled parameters hold them
+        self.values: list[Any] = []  # as the database takes them
+
+    def __call__(self, value: Any, kind: SlotKind = "str") -> Any:
+        n = len(self.sentinels) + 1
+        ops = connection.ops
+        sentinel: Any
+        if kind == "int":
+            sentinel = -(2**31) + n  # far from any page size, offset or key
+            self.sentinels.append(sentinel)
+            self.values.append(value)
+        elif kind == "date":
+            sentinel = date.min + timedelta(days=n)
+            self.sentinels.append(ops.adapt_datefield_value(sentinel))
+            self.values.append(ops.adapt_datefield_value(value))
+        else:
+            sentinel = f"\x00{n}\x00"
+            prepare = ops.prep_for_iexact_query if kind == "iexact" else str
+            self.sentinels.append(prepare(sentinel))
+            self.values.append(prepare(value))
+        return sentinel
+
+
+def _condition(
+    attribute: Attribute, path: str, value: str, fuzzy: bool, slot: Callable[..., Any] = _plain
+) -> Q | None:
+    """The Q object for one matching key, or None for universal matching; each value in it
+    goes through ``slot``."""
     value = value.strip()
     if value in ("", "*"):
         return None
@@ -232,55 +279,64 @@ def _condition(attribute: Attribute, path: str, value: str, fuzzy: bool) -> Q | 
         assert match is not None  # validated
         start, dash, end = match.groups()
         if not dash:
-            return Q(**{path: _to_date(attribute, start)})
+            return Q(**{path: slot(_to_date(attribute, start), "date")})
         condition = Q()
         if start:
-            condition &= Q(**{f"{path}__gte": _to_date(attribute, start)})
+            condition &= Q(**{f"{path}__gte": slot(_to_date(attribute, start), "date")})
         if end:
-            condition &= Q(**{f"{path}__lte": _to_date(attribute, end)})
+            condition &= Q(**{f"{path}__lte": slot(_to_date(attribute, end), "date")})
         return condition
     if kind == "time":
         start, dash, end = value.partition("-")
         if not dash:
-            return Q(**{f"{path}__startswith": start.replace(":", "")})
+            return Q(**{f"{path}__regex": slot("^" + re.escape(start.replace(":", "")))})
         condition = Q()
         if start:
-            condition &= Q(**{f"{path}__gte": start.replace(":", "")})
+            condition &= Q(**{f"{path}__gte": slot(start.replace(":", ""))})
         if end:
-            condition &= Q(**{f"{path}__lte": end.replace(":", "") + "~"})
+            condition &= Q(**{f"{path}__lte": slot(end.replace(":", "") + "~")})
         return condition
     items = [v.strip() for v in re.split(r"[,\\]" if kind != "pn" else r"\\", value) if v.strip()]
     condition = Q()
     for item in items:
         if kind == "int":
-            condition |= Q(**{path: int(item)})
+            condition |= Q(**{path: slot(int(item), "int")})
         elif "*" in item or "?" in item:
             lookup = "regex" if kind == "uid" else "iregex"
-            condition |= Q(**{f"{path}__{lookup}": _wildcard_regex(item)})
+            condition |= Q(**{f"{path}__{lookup}": slot(_wildcard_regex(item))})
         elif kind == "uid":
-            condition |= Q(**{path: item})
+            condition |= Q(**{path: slot(item)})
         elif kind == "pn" and fuzzy:
             words = Q()
             for word in re.split(r"[\s^,]+", item):
                 if word:
-                    words &= Q(**{f"{path}__icontains": word})
+                    words &= Q(**{f"{path}__iregex": slot(re.escape(word))})
             condition |= words
         else:
-            condition |= Q(**{f"{path}__iexact": item})
+            condition |= Q(**{f"{path}__iexact": slot(item, "iexact")})
     return condition
 
 
-def _apply_filters(queryset: QuerySet[Any], query: QidoQuery, model: Any) -> QuerySet[Any]:
-    deep = Q()
+def _conditions(query: QidoQuery, slot: Callable[..., Any] = _plain) -> tuple[Q, Q]:
+    """The query's matching as (conditions on the level's own rows, conditions through a
+    reverse relation, matched in a subquery so that no row comes twice)."""
+    direct, deep = Q(), Q()
     for attribute, value in query.filters:
         path = PREFIX[query.level][attribute.level] + attribute.path
-        condition = _condition(attribute, path, value, query.fuzzy)
+        condition = _condition(attribute, path, value, query.fuzzy, slot)
         if condition is None:
             continue
         if LEVEL_ORDER[attribute.level] > LEVEL_ORDER[query.level]:
-            deep &= condition  # through a reverse relation: matched in a subquery, no duplicates
+            deep &= condition
         else:
-            queryset = queryset.filter(condition)
+            direct &= condition
+    return direct, deep
+
+
+def _apply_filters(queryset: QuerySet[Any], model: Any, conditions: tuple[Q, Q]) -> QuerySet[Any]:
+    direct, deep = conditions
+    if direct:
+        queryset = queryset.filter(direct)
     if deep:
         queryset = queryset.filter(pk__in=model.objects.filter(deep).values("pk"))
     return queryset
@@ -484,34 +540,34 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
     """One query: a row per (study, modality) of the page, with instance and series counts.
 
     Every visible study holds a visible instance, so grouping the page's instances by study
-    and modality yields each study of the page with its counts. Without matching keys (a
-    viewer's study list, asked for again and again) the SQL is compiled once a minute per user
-    and project (``selectors.compiled``).
+    and modality yields each study of the page with its counts. The SQL is compiled once a
+    minute per user, project and shape of query (``Slots``): a viewer's study list and its
+    searches come again and again, and compiling this query costs several times running it.
     """
     selectors.require_project(scope)
     study = "series__study__"
     columns = ("series__study_id", *(study + c for c in STUDY_COLUMNS), "series__modality")
+    slots = Slots()
+    conditions = _conditions(query, slots)
 
     def rows() -> QuerySet[Any]:
-        page = _page(
-            _apply_filters(selectors.visible_studies(scope), query, Study).order_by(*STUDY_ORDER),
-            query,
-        )
+        instances = selectors.visible_instances(scope)
+        # Without matching keys or a page, every study a visible instance is in is listed.
+        if any(conditions) or query.limit is not None or query.offset:
+            matching = _apply_filters(selectors.visible_studies(scope), Study, conditions)
+            page = _page(matching.order_by(*STUDY_ORDER), query)
+            instances = instances.filter(series__study_id__in=page.values("pk"))
         # A series has one modality, so the counts of a study's rows add up exactly.
         return (
-            selectors.visible_instances(scope)
-            .filter(series__study_id__in=page.values("pk"))
-            .order_by()
+            instances.order_by()
             .values(*columns)
             .annotate(n_instances=Count("pk"), n_series=Count("series_id", distinct=True))
             .order_by(*(study + c for c in STUDY_ORDER), "series__modality")
             .values_list(*columns, "n_instances", "n_series")
         )
 
-    if query.filters:
-        found = list(rows())
-    else:
-        found = selectors.cached_rows(scope, ("qido-studies", query.limit, query.offset), rows)
+    shape = ("qido-studies", query.limit, query.offset, str(conditions))
+    found = selectors.cached_rows(scope, shape, rows, tuple(slots.sentinels), tuple(slots.values))
     items: list[dict[str, Any]] = []
     ids: list[uuid.UUID] = []
     for study_pk, group in itertools.groupby(found, key=lambda row: row[0]):
@@ -538,7 +594,9 @@ def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) 
     queryset = selectors.visible_series(scope)
     if study_uid is not None:
         queryset = queryset.filter(study__study_instance_uid=study_uid)
-    queryset = _apply_filters(queryset, query, Series).select_related("study", "study__patient")
+    queryset = _apply_filters(queryset, Series, _conditions(query)).select_related(
+        "study", "study__patient"
+    )
     queryset = queryset.order_by(
         "study__study_instance_uid", "series_number", "series_instance_uid"
     )
@@ -577,7 +635,7 @@ def search_instances(
         queryset = queryset.filter(series__study__study_instance_uid=study_uid)
     if series_uid is not None:
         queryset = queryset.filter(series__series_instance_uid=series_uid)
-    queryset = _apply_filters(queryset, query, Instance).select_related(
+    queryset = _apply_filters(queryset, Instance, _conditions(query)).select_related(
         "series", "series__study", "series__study__patient"
     )
     want_json = query.include_all or bool(query.include)

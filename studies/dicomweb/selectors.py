@@ -143,15 +143,16 @@ def compiled(
     scope: Scope,
     key: tuple[Any, ...],
     build: Callable[[], QuerySet[Any]],
-    sentinels: tuple[str, ...] = (),
-    values: tuple[str, ...] = (),
+    sentinels: tuple[Any, ...] = (),
+    values: tuple[Any, ...] = (),
 ) -> tuple[str, list[Any]]:
     """The SQL and parameters of ``build()`` for this user, role and project, compiled once a
     minute (memberships are read by the SQL itself, so they apply at once).
 
-    ``build`` makes the queryset with ``sentinels`` where the request's string ``values`` go;
-    they are swapped into the cached parameters. Rows come back as the database driver gives
-    them (no ORM conversion), so callers read only plain columns.
+    ``build`` makes the queryset with ``sentinels`` where the request's ``values`` go; they are
+    swapped into the cached parameters. Each sentinel is given as the compiled parameters hold
+    it and must occur there exactly once; each value, as the database takes it. Rows come back
+    as the database driver gives them (no ORM conversion), so callers read only plain columns.
     """
     # Everything the compiled SQL depends on besides the parameters: who (an admin sees every
     # project; a role may add blinding filters), which project, which query, which database.
@@ -165,7 +166,12 @@ def compiled(
             cached = None
     if cached is None:
         sql, params = build().query.sql_with_params()
-        positions = [list(params).index(s) for s in sentinels]
+        positions = []
+        for sentinel in sentinels:
+            found = [n for n, param in enumerate(params) if param == sentinel]
+            if len(found) != 1:
+                raise ValueError(f"{key}: {sentinel!r} is {len(found)} of the compiled parameters")
+            positions += found
         cached = (now + _SQL_TTL_S, sql, list(params), positions)
         with _sql_lock:
             _sql_cache[cache_key] = cached
@@ -179,10 +185,15 @@ def compiled(
 
 
 def cached_rows(
-    scope: Scope, key: tuple[Any, ...], build: Callable[[], QuerySet[Any]]
+    scope: Scope,
+    key: tuple[Any, ...],
+    build: Callable[[], QuerySet[Any]],
+    sentinels: tuple[Any, ...] = (),
+    values: tuple[Any, ...] = (),
 ) -> list[tuple[Any, ...]]:
-    """All rows of ``build()`` (a ``values_list`` queryset), its SQL compiled once a minute."""
-    sql, params = compiled(scope, key, build)
+    """All rows of ``build()`` (a ``values_list`` queryset), its SQL compiled once a minute
+    (``compiled``, which explains ``sentinels`` and ``values``)."""
+    sql, params = compiled(scope, key, build, sentinels, values)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [tuple(row) for row in cursor.fetchall()]

@@ -205,3 +205,39 @@ def test_a_study_of_several_modalities_is_one_result_with_all_of_them(
     if not params:
         assert values(found, "00100020") == ["MIXED", "ZZ-AFTER"]
         assert values(search(client, f"{ROOT}/studies", limit=1, offset=1), "00201208") == [1]
+
+
+def test_searches_of_one_shape_share_their_sql_and_each_finds_its_own_values(
+    api_client_for, reader_a, project, monkeypatch
+):
+    from collections import OrderedDict
+
+    from studies.dicomweb import selectors
+
+    monkeypatch.setattr(selectors, "_sql_cache", OrderedDict())
+    store_series(project, 1, patient_id="HOSP-001", patient_name="DOE^JANE")
+    store_series(project, 2, patient_id="HOSP-002", patient_name="ROE^RICH", study_date="20240301")
+    client = api_client_for(reader_a)
+    cases = [  # (query, patient IDs found), several values for each shape
+        ({"PatientID": "HOSP-001"}, ["HOSP-001"]),
+        ({"PatientID": "hosp-002"}, ["HOSP-002"]),
+        ({"PatientID": "HOSP_00%"}, []),  # LIKE's wildcards are plain characters
+        ({"StudyDate": "20240101-20240131"}, ["HOSP-001"]),
+        ({"StudyDate": "20240201-20240331"}, ["HOSP-002"]),
+        ({"StudyDate": "20240301"}, ["HOSP-002"]),
+        ({"PatientName": "jane", "fuzzymatching": "true"}, ["HOSP-001"]),
+        ({"PatientName": "rich", "fuzzymatching": "true"}, ["HOSP-002"]),
+        ({"PatientName": "R*"}, ["HOSP-002"]),
+        ({"PatientName": "D*"}, ["HOSP-001"]),
+        ({"StudyTime": "10"}, ["HOSP-001", "HOSP-002"]),
+        ({"StudyTime": "11"}, []),
+        ({"SeriesNumber": "2", "PatientID": "HOSP-002"}, ["HOSP-002"]),
+        ({"SeriesNumber": "7", "PatientID": "HOSP-002"}, []),
+    ]
+    for params, expected in cases:
+        found = search(client, f"{ROOT}/studies", **params)
+        assert sorted(values(found, "00100020")) == expected, params
+    shapes = {key[2] for key in selectors._sql_cache if key[2][0] == "qido-studies"}
+    # One compiled query per shape, not per value: PatientID; a date range; a date; a name
+    # matched by regular expression (fuzzy words and wildcards alike); a time; two keys.
+    assert len(shapes) == 6
