@@ -19,7 +19,7 @@ from datetime import date, timedelta
 from typing import Any, Literal
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, TextField, Value
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from core.exceptions import ApplicationError
@@ -423,18 +423,39 @@ def _uuid(value: Any) -> uuid.UUID:
 
 
 def _series_attributes(series: Series, scope: Scope) -> dict[str, Any]:
-    study_uid = series.study.study_instance_uid
+    return _series_row_attributes(
+        (
+            series.study.study_instance_uid,
+            series.series_instance_uid,
+            series.modality,
+            series.description,
+            series.series_number,
+        ),
+        scope,
+    )
+
+
+# What a series result holds besides its study's, in the order _series_row_attributes reads it.
+SERIES_COLUMNS = (
+    "study__study_instance_uid",
+    "series_instance_uid",
+    "modality",
+    "description",
+    "series_number",
+)
+
+
+def _series_row_attributes(row: tuple[Any, ...], scope: Scope) -> dict[str, Any]:
+    study_uid, series_uid, modality, description, number = row
     return {
         "00080005": attr("CS", "ISO_IR 192"),
         "00080056": attr("CS", "ONLINE"),
-        "00080060": attr("CS", series.modality),
-        "0008103E": attr("LO", series.description),
-        "00081190": attr(
-            "UR", f"{scope.base_url}/studies/{study_uid}/series/{series.series_instance_uid}"
-        ),
+        "00080060": attr("CS", modality),
+        "0008103E": attr("LO", description),
+        "00081190": attr("UR", f"{scope.base_url}/studies/{study_uid}/series/{series_uid}"),
         "0020000D": attr("UI", study_uid),
-        "0020000E": attr("UI", series.series_instance_uid),
-        "00200011": attr("IS", series.series_number),
+        "0020000E": attr("UI", series_uid),
+        "00200011": attr("IS", number),
     }
 
 
@@ -590,39 +611,60 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
 
 
 def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) -> QidoResult:
+    """One query: the page of series, each with its study, its instance count and, when
+    includefield asks for attributes the index lacks, its first instance's DICOM JSON. The
+    SQL is compiled once a minute per user, project and shape of query, as the study search's
+    (``Slots``): a viewer asks for a study's series each time it opens the study."""
     selectors.require_project(scope)
-    queryset = selectors.visible_series(scope)
+    slots = Slots()
+    series = selectors.visible_series(scope)
     if study_uid is not None:
-        queryset = queryset.filter(study__study_instance_uid=study_uid)
-    queryset = _apply_filters(queryset, Series, _conditions(query)).select_related(
-        "study", "study__patient"
+        series = series.filter(study__study_instance_uid=slots(study_uid))
+    conditions = _conditions(query, slots)
+    # Whether attributes must come from a stored instance depends only on the query.
+    present = {*_series_row_attributes((None,) * 5, scope), "00201209"}
+    if study_uid is None:
+        present |= set(_study_row_attributes((None,) * 11, scope))
+    representative = _needs_representative(query, present)
+    instances = selectors.visible_instances(scope).filter(series_id=OuterRef("pk")).order_by()
+    study_columns = ("study__" + c for c in STUDY_COLUMNS)
+
+    def rows() -> QuerySet[Any]:
+        page = _page(
+            _apply_filters(series, Series, conditions).order_by(
+                "study__study_instance_uid", "series_number", "series_instance_uid", "pk"
+            ),
+            query,
+        )
+        counted = page.annotate(
+            n_instances=Subquery(
+                instances.values("series_id").annotate(n=Count("pk")).values("n")[:1]
+            ),
+            first_json=(
+                Subquery(instances.order_by("instance_number", "pk").values("dicom_json")[:1])
+                if representative
+                else Value("", output_field=TextField())
+            ),
+        )
+        return counted.values_list(*SERIES_COLUMNS, *study_columns, "n_instances", "first_json")
+
+    shape = ("qido-series", study_uid is None, representative, query.limit, query.offset)
+    found = selectors.cached_rows(
+        scope, (*shape, str(conditions)), rows, tuple(slots.sentinels), tuple(slots.values)
     )
-    queryset = queryset.order_by(
-        "study__study_instance_uid", "series_number", "series_instance_uid"
-    )
-    series_list = list(_page(queryset, query))
-    if study_uid is not None and not series_list and not query.filters and not query.offset:
+    if study_uid is not None and not found and not query.filters and not query.offset:
         _require_study(scope, study_uid)
-    ids = [s.pk for s in series_list]
-    counts = dict(
-        selectors.visible_instances(scope)
-        .filter(series_id__in=ids)
-        .values("series_id")
-        .annotate(n=Count("pk"))
-        .order_by()
-        .values_list("series_id", "n")
-    )
+    n_series = len(SERIES_COLUMNS)
     items = []
-    for series in series_list:
-        item = _series_attributes(series, scope)
+    for row in found:
+        item = _series_row_attributes(row[:n_series], scope)
         if study_uid is None:
-            item = {**_study_attributes(series.study, scope), **item}
-        item["00201209"] = attr("IS", counts.get(series.pk, 0))
+            item = {**_study_row_attributes(row[n_series:-2], scope), **item}
+        item["00201209"] = attr("IS", row[-2] or 0)
+        if representative:
+            stored = json.loads(with_base(row[-1], scope.base_url)) if row[-1] else None
+            item.update(_extras(stored, query, item))
         items.append(item)
-    if items and _needs_representative(query, set(items[0])):
-        found = _representatives(scope, "series_id", ids)
-        for series, item in zip(series_list, items, strict=True):
-            item.update(_extras(found.get(series.pk), query, item))
     return QidoResult(_finish(items), query.warnings)
 
 

@@ -241,3 +241,23 @@ def test_searches_of_one_shape_share_their_sql_and_each_finds_its_own_values(
     # One compiled query per shape, not per value: PatientID; a date range; a date; a name
     # matched by regular expression (fuzzy words and wildcards alike); a time; two keys.
     assert len(shapes) == 6
+
+
+def test_each_study_lists_its_own_series_with_their_counts(api_client_for, reader_a, project):
+    first = store_series(project, 3, patient_id="A")
+    second = store_series(project, 2, patient_id="A", study_uid=first.study.study_instance_uid)
+    other = store_series(project, 1, patient_id="B", patient_name="ROE^RICH")
+    client = api_client_for(reader_a)
+    for series_list, name in (([first, second], "DOE^JANE"), ([other], "ROE^RICH")):
+        study_uid = series_list[0].study.study_instance_uid
+        for include in ("", "PatientName", "InstitutionName"):
+            found = search(client, f"{ROOT}/studies/{study_uid}/series", includefield=include)
+            counts = {item["0020000E"]["Value"][0]: item["00201209"]["Value"][0] for item in found}
+            assert counts == {s.series_instance_uid: s.instances.count() for s in series_list}
+            if include == "PatientName":  # scoped: the name comes from a stored instance
+                assert {item["00100010"]["Value"][0]["Alphabetic"] for item in found} == {name}
+            if include == "InstitutionName":
+                assert values(found, "00080080") == ["Hospital"] * len(series_list)
+    everywhere = search(client, f"{ROOT}/series", PatientName="ROE^RICH")
+    assert values(everywhere, "0020000E") == [other.series_instance_uid]
+    assert values(everywhere, "00100010") == [{"Alphabetic": "ROE^RICH"}]
