@@ -617,19 +617,20 @@ def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) 
     (``Slots``): a viewer asks for a study's series each time it opens the study."""
     selectors.require_project(scope)
     slots = Slots()
-    series = selectors.visible_series(scope)
-    if study_uid is not None:
-        series = series.filter(study__study_instance_uid=slots(study_uid))
+    in_study = slots(study_uid) if study_uid is not None else None
     conditions = _conditions(query, slots)
     # Whether attributes must come from a stored instance depends only on the query.
     present = {*_series_row_attributes((None,) * 5, scope), "00201209"}
     if study_uid is None:
         present |= set(_study_row_attributes((None,) * 11, scope))
     representative = _needs_representative(query, present)
-    instances = selectors.visible_instances(scope).filter(series_id=OuterRef("pk")).order_by()
-    study_columns = ("study__" + c for c in STUDY_COLUMNS)
 
     def rows() -> QuerySet[Any]:
+        series = selectors.visible_series(scope)
+        if in_study is not None:
+            series = series.filter(study__study_instance_uid=in_study)
+        instances = selectors.visible_instances(scope).filter(series_id=OuterRef("pk")).order_by()
+        study_columns = ("study__" + c for c in STUDY_COLUMNS)
         page = _page(
             _apply_filters(series, Series, conditions).order_by(
                 "study__study_instance_uid", "series_number", "series_instance_uid", "pk"
