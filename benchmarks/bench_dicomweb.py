@@ -14,7 +14,8 @@ once it has settled after start-up (its processes near idle):
 
 * STOW-RS throughput (instances/s; ours de-identifies every instance, as in production), in
   requests of 20 instances, the two servers taking turns request by request;
-* QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends);
+* QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends), and the
+  series search OHIF sends when it opens the study (p50/p95);
 * series metadata latency (WADO-RS .../series/{uid}/metadata, median of repeats);
 * WADO-RS frame throughput, one client and eight concurrent clients (separate processes,
   keep-alive connections, each fetching frame 1 of every instance ``--frame-rounds`` times
@@ -73,6 +74,8 @@ OHIF_STUDY_QUERY = (
     "/studies?limit=101&offset=0&fuzzymatching=false"
     "&includefield=00081030%2C00080060%2C00080090%2C00100030"
 )
+# Opening a study: its series, with two attributes that live only in the stored instances.
+OHIF_SERIES_QUERY = "/studies/{study}/series?includefield=00080021%2C00080031%2C0008103E%2C00200011"
 STOW_BATCH = 20
 WARM_UP = 5  # untimed requests before each latency series
 
@@ -406,7 +409,7 @@ def measure(
 ) -> list[dict[str, float]]:
     """Every figure but STOW's (``stowed``: :func:`stow_alternating`'s) for each server on the
     series it stored, the servers taking turns within each figure."""
-    clients, metadata, frames, middles = [], [], [], []
+    clients, metadata, frames, middles, series_searches = [], [], [], [], []
     for server, (_, response) in zip(servers, stowed, strict=True):
         referenced = response["00081199"]["Value"][0]["00081190"]["Value"][0]
         study = referenced.split("/studies/")[1].split("/")[0]
@@ -415,6 +418,7 @@ def measure(
         assert len(sops) == len(files), (server.name, len(sops))
         clients.append(server.http())
         metadata.append(f"/studies/{study}/series/{series}/metadata")
+        series_searches.append(OHIF_SERIES_QUERY.format(study=study))
         frames.append(
             [f"/studies/{study}/series/{series}/instances/{sop}/frames/1" for sop in sops]
         )
@@ -427,6 +431,7 @@ def measure(
 
     json_type = "application/dicom+json"
     qido = timed_in_turn(each([OHIF_STUDY_QUERY] * len(servers), json_type), args.qido_repeats)
+    qido_series = timed_in_turn(each(series_searches, json_type), args.qido_repeats)
     meta = timed_in_turn(each(metadata, json_type), args.metadata_repeats)
     # Each pass goes through the series once per client, a viewer scrolling the stack back and
     # forth; the servers take turns pass by pass. The one client makes as many trips as the
@@ -440,6 +445,8 @@ def measure(
             "stow_instances_per_s": stowed[n][0],
             "qido_p50_ms": percentile(qido[n], 50),
             "qido_p95_ms": percentile(qido[n], 95),
+            "qido_series_p50_ms": percentile(qido_series[n], 50),
+            "qido_series_p95_ms": percentile(qido_series[n], 95),
             "series_metadata_ms": statistics.median(meta[n]),
             "frames_per_s_1_client": one[n],
             f"frames_per_s_{args.clients}_clients": many[n],
