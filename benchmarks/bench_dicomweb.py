@@ -13,7 +13,9 @@ a synthetic 400-slice 512x512 chest CT) measures, for both servers, in one run, 
 once it has settled after start-up (its processes near idle):
 
 * STOW-RS throughput (instances/s; ours de-identifies every instance, as in production), in
-  requests of 20 instances, the two servers taking turns request by request;
+  requests of 20 instances, the two servers taking turns request by request, each series
+  stored ``--stow-copies`` times (3; the copies under new UIDs) so that the figure spans more
+  than a handful of requests;
 * QIDO-RS study search latency p50/p95 (the study-list query OHIF 3.13 sends), and the
   series search OHIF sends when it opens the study (p50/p95);
 * series metadata latency (WADO-RS .../series/{uid}/metadata, median of repeats);
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import multiprocessing as mp
 import os
@@ -256,11 +259,29 @@ class Server:
         )
 
 
+def with_new_uids(files: list[bytes], copy: int) -> list[bytes]:
+    """``files`` as another study: new study, series and instance UIDs, derived from ``copy``."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = []
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, generate_uid(entropy_srcs=[str(copy), getattr(ds, keyword)]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
 def stow_alternating(
-    servers: list[Server], files: list[bytes]
+    servers: list[Server], files: list[bytes], copies: int = 1
 ) -> list[tuple[float, dict[str, Any]]]:
     """Each server's STOW-RS throughput (instances/s) storing ``files`` in requests of
-    ``STOW_BATCH``, and its last response body.
+    ``STOW_BATCH``, ``copies`` times (the copies after the first under new UIDs: a longer
+    figure than one series gives), and its last response body.
 
     The servers take turns request by request (request k goes first to server k mod n), so
     that a slow spell of a shared machine falls on all of them rather than on whichever was
@@ -271,13 +292,15 @@ def stow_alternating(
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": "application/dicom+json",
     }
+    series = [files, *(with_new_uids(files, copy) for copy in range(1, copies))]
     bodies = [
         b"".join(
             f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-            for data in files[start : start + STOW_BATCH]
+            for data in one[start : start + STOW_BATCH]
         )
         + f"--{boundary}--\r\n".encode()
-        for start in range(0, len(files), STOW_BATCH)
+        for one in series
+        for start in range(0, len(one), STOW_BATCH)
     ]
     clients = [server.http() for server in servers]
     elapsed = [0.0] * len(servers)
@@ -291,9 +314,8 @@ def stow_alternating(
             if status not in (200, 202):
                 raise RuntimeError(f"{servers[i].name} STOW: {status} {data[:500]!r}")
             last[i] = json.loads(data) if data else {}
-    return [
-        (len(files) / seconds, response) for seconds, response in zip(elapsed, last, strict=True)
-    ]
+    stored = len(files) * copies
+    return [(stored / seconds, response) for seconds, response in zip(elapsed, last, strict=True)]
 
 
 def series_instances(server: Server, study: str, series: str) -> list[str]:
@@ -669,6 +691,12 @@ def main() -> int:
         default="socket",
         help="frame clients: a lean socket reader (default) or Python's http.client",
     )
+    parser.add_argument(
+        "--stow-copies",
+        type=int,
+        default=3,
+        help="times each series is stored for the STOW figure (the copies under new UIDs)",
+    )
     parser.add_argument("--qido-repeats", type=int, default=100)
     parser.add_argument("--metadata-repeats", type=int, default=10)
     parser.add_argument("--render-repeats", type=int, default=20)
@@ -710,9 +738,11 @@ def main() -> int:
             )
             servers = [ours.server, orthanc_server] if orthanc else [ours.server]
             print(
-                f"  STOW {len(files)} instances, {' and '.join(s.name for s in servers)} in turn ..."
+                f"  STOW {len(files)} instances x {args.stow_copies},"
+                f" {' and '.join(s.name for s in servers)} in turn ..."
             )
-            figures = measure(servers, files, stow_alternating(servers, files), args)
+            stowed = stow_alternating(servers, files, args.stow_copies)
+            figures = measure(servers, files, stowed, args)
             mine, theirs = figures[0], (figures[1] if orthanc else None)
             report(name, mine, theirs)
             results["datasets"][name] = {"ours": mine, "orthanc": theirs}
