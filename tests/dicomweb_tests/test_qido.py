@@ -258,6 +258,12 @@ def test_each_study_lists_its_own_series_with_their_counts(api_client_for, reade
                 assert {item["00100010"]["Value"][0]["Alphabetic"] for item in found} == {name}
             if include == "InstitutionName":
                 assert values(found, "00080080") == ["Hospital"] * len(series_list)
+    ordered = sorted([first, second], key=lambda s: s.series_instance_uid)
+    page = search(
+        client, f"{ROOT}/studies/{first.study.study_instance_uid}/series", limit=1, offset=1
+    )
+    assert values(page, "0020000E") == [ordered[1].series_instance_uid]
+    assert values(page, "00201209") == [ordered[1].instances.count()]
     everywhere = search(client, f"{ROOT}/series", PatientName="ROE^RICH")
     assert values(everywhere, "0020000E") == [other.series_instance_uid]
     assert values(everywhere, "00100010") == [{"Alphabetic": "ROE^RICH"}]
