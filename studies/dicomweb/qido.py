@@ -14,6 +14,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -393,10 +394,10 @@ def _study_attributes(study: Study, scope: Scope) -> dict[str, Any]:
         patient.birth_date,
         patient.sex,
     )
-    return _study_row_attributes(row, scope)
+    return _study_row_attributes(row, scope.base_url)
 
 
-def _study_row_attributes(row: tuple[Any, ...], scope: Scope) -> dict[str, Any]:
+def _study_row_attributes(row: tuple[Any, ...], base_url: str) -> dict[str, Any]:
     uid, study_date, study_time, accession, study_id, description, referring = row[:7]
     patient_name, patient_id, birth_date, sex = row[7:]
     return {
@@ -407,7 +408,7 @@ def _study_row_attributes(row: tuple[Any, ...], scope: Scope) -> dict[str, Any]:
         "00080056": attr("CS", "ONLINE"),
         "00080090": attr("PN", referring),
         "00081030": attr("LO", description),
-        "00081190": attr("UR", f"{scope.base_url}/studies/{uid}"),
+        "00081190": attr("UR", f"{base_url}/studies/{uid}"),
         "00100010": attr("PN", patient_name),
         "00100020": attr("LO", patient_id),
         "00100030": attr("DA", _da(birth_date)),
@@ -431,7 +432,7 @@ def _series_attributes(series: Series, scope: Scope) -> dict[str, Any]:
             series.description,
             series.series_number,
         ),
-        scope,
+        scope.base_url,
     )
 
 
@@ -445,18 +446,24 @@ SERIES_COLUMNS = (
 )
 
 
-def _series_row_attributes(row: tuple[Any, ...], scope: Scope) -> dict[str, Any]:
+def _series_row_attributes(row: tuple[Any, ...], base_url: str) -> dict[str, Any]:
     study_uid, series_uid, modality, description, number = row
     return {
         "00080005": attr("CS", "ISO_IR 192"),
         "00080056": attr("CS", "ONLINE"),
         "00080060": attr("CS", modality),
         "0008103E": attr("LO", description),
-        "00081190": attr("UR", f"{scope.base_url}/studies/{study_uid}/series/{series_uid}"),
+        "00081190": attr("UR", f"{base_url}/studies/{study_uid}/series/{series_uid}"),
         "0020000D": attr("UI", study_uid),
         "0020000E": attr("UI", series_uid),
         "00200011": attr("IS", number),
     }
+
+
+# The keys of a study and a series result that come from the index (a series result also
+# counts its instances): includefield asking for any other needs a stored instance's JSON.
+STUDY_KEYS = frozenset(_study_row_attributes((None,) * len(STUDY_COLUMNS), ""))
+SERIES_KEYS = frozenset({*_series_row_attributes((None,) * len(SERIES_COLUMNS), ""), "00201209"})
 
 
 def _instance_attributes(instance: Instance, scope: Scope) -> dict[str, Any]:
@@ -531,7 +538,7 @@ def _extras(
     return extra
 
 
-def _needs_representative(query: QidoQuery, known: set[str]) -> bool:
+def _needs_representative(query: QidoQuery, known: AbstractSet[str]) -> bool:
     return query.include_all or any(f"{tag:08X}" not in known for tag in query.include)
 
 
@@ -594,7 +601,7 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
     for study_pk, group in itertools.groupby(found, key=lambda row: row[0]):
         per_modality = list(group)
         modalities = sorted({row[-3] for row in per_modality})
-        item = _study_row_attributes(per_modality[0][1:-3], scope)
+        item = _study_row_attributes(per_modality[0][1:-3], scope.base_url)
         item["00080061"] = attr("CS", *modalities)
         if 0x00080060 in query.include:
             # OHIF's study list asks for Modality at study level; it means the modalities.
@@ -620,9 +627,7 @@ def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) 
     in_study = slots(study_uid) if study_uid is not None else None
     conditions = _conditions(query, slots)
     # Whether attributes must come from a stored instance depends only on the query.
-    present = {*_series_row_attributes((None,) * 5, scope), "00201209"}
-    if study_uid is None:
-        present |= set(_study_row_attributes((None,) * 11, scope))
+    present = SERIES_KEYS if study_uid is not None else SERIES_KEYS | STUDY_KEYS
     representative = _needs_representative(query, present)
 
     def rows() -> QuerySet[Any]:
@@ -649,18 +654,23 @@ def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) 
         )
         return counted.values_list(*SERIES_COLUMNS, *study_columns, "n_instances", "first_json")
 
-    shape = ("qido-series", study_uid is None, representative, query.limit, query.offset)
-    found = selectors.cached_rows(
-        scope, (*shape, str(conditions)), rows, tuple(slots.sentinels), tuple(slots.values)
+    shape = (
+        "qido-series",
+        study_uid is None,
+        representative,
+        query.limit,
+        query.offset,
+        str(conditions),
     )
+    found = selectors.cached_rows(scope, shape, rows, tuple(slots.sentinels), tuple(slots.values))
     if study_uid is not None and not found and not query.filters and not query.offset:
         _require_study(scope, study_uid)
     n_series = len(SERIES_COLUMNS)
     items = []
     for row in found:
-        item = _series_row_attributes(row[:n_series], scope)
+        item = _series_row_attributes(row[:n_series], scope.base_url)
         if study_uid is None:
-            item = {**_study_row_attributes(row[n_series:-2], scope), **item}
+            item = {**_study_row_attributes(row[n_series:-2], scope.base_url), **item}
         item["00201209"] = attr("IS", row[-2] or 0)
         if representative:
             stored = json.loads(with_base(row[-1], scope.base_url)) if row[-1] else None
