@@ -16,17 +16,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, Literal
 
-from django.db import connection
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, TextField, Value
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from core.exceptions import ApplicationError
 from studies.dicomweb import selectors
 from studies.dicomweb.dicomjson import attr, with_base
-from studies.dicomweb.selectors import Scope
+from studies.dicomweb.selectors import Scope, SlotKind, Slots
 from studies.models import Instance, Series, Study
 
 Level = Literal["study", "series", "instance"]
@@ -222,47 +221,9 @@ def _wildcard_regex(value: str) -> str:
     )
 
 
-SlotKind = Literal["str", "int", "date", "iexact"]
-
-
 def _plain(value: Any, kind: SlotKind = "str") -> Any:
     """A condition's value as it is (the ORM prepares it)."""
     return value
-
-
-class Slots:
-    """A query's conditions with a sentinel in place of each of the request's values.
-
-    A search is then compiled once a minute per shape (which keys, which kind of match, how
-    many values), not per value: the sentinels are found in the compiled parameters and the
-    values go in their place (``selectors.compiled``). Each value is prepared here as the ORM
-    would prepare it for its lookup, so the conditions use only lookups that pass a value
-    through unchanged, or through Django's own ``adapt_datefield_value`` and
-    ``prep_for_iexact_query``.
-    """
-
-    def __init__(self) -> None:
-        self.sentinels: list[Any] = []  # as the compiled parameters hold them
-        self.values: list[Any] = []  # as the database takes them
-
-    def __call__(self, value: Any, kind: SlotKind = "str") -> Any:
-        n = len(self.sentinels) + 1
-        ops = connection.ops
-        sentinel: Any
-        if kind == "int":
-            sentinel = -(2**31) + n  # far from any page size, offset or key
-            self.sentinels.append(sentinel)
-            self.values.append(value)
-        elif kind == "date":
-            sentinel = date.min + timedelta(days=n)
-            self.sentinels.append(ops.adapt_datefield_value(sentinel))
-            self.values.append(ops.adapt_datefield_value(value))
-        else:
-            sentinel = f"\x00{n}\x00"
-            prepare = ops.prep_for_iexact_query if kind == "iexact" else str
-            self.sentinels.append(prepare(sentinel))
-            self.values.append(prepare(value))
-        return sentinel
 
 
 def _condition(
@@ -595,7 +556,7 @@ def search_studies(scope: Scope, query: QidoQuery) -> QidoResult:
         )
 
     shape = ("qido-studies", query.limit, query.offset, str(conditions))
-    found = selectors.cached_rows(scope, shape, rows, tuple(slots.sentinels), tuple(slots.values))
+    found = selectors.cached_rows(scope, shape, rows, slots)
     items: list[dict[str, Any]] = []
     ids: list[uuid.UUID] = []
     for study_pk, group in itertools.groupby(found, key=lambda row: row[0]):
@@ -662,7 +623,7 @@ def search_series(scope: Scope, query: QidoQuery, study_uid: str | None = None) 
         query.offset,
         str(conditions),
     )
-    found = selectors.cached_rows(scope, shape, rows, tuple(slots.sentinels), tuple(slots.values))
+    found = selectors.cached_rows(scope, shape, rows, slots)
     if study_uid is not None and not found and not query.filters and not query.offset:
         _require_study(scope, study_uid)
     n_series = len(SERIES_COLUMNS)

@@ -13,7 +13,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
@@ -109,9 +110,46 @@ def instances_under(
     return queryset.order_by("series__series_number", "series_id", "instance_number", "pk")
 
 
-# ---- the frame hot path ------------------------------------------------------------------
+# ---- SQL compiled once a minute ------------------------------------------------------------
 
-_SENTINELS = ("\x00study", "\x00series", "\x00sop")
+SlotKind = Literal["str", "int", "date", "iexact"]
+
+
+class Slots:
+    """A query's conditions with a sentinel in place of each of the request's values.
+
+    A query is then compiled once a minute per shape (for a search: which keys, which kind of
+    match, how many values), not per value: the sentinels are found in the compiled parameters and the
+    values go in their place (:func:`compiled`). Each value is prepared here as the ORM
+    would prepare it for its lookup, so the conditions use only lookups that pass a value
+    through unchanged, or through Django's own ``adapt_datefield_value`` and
+    ``prep_for_iexact_query``.
+    """
+
+    def __init__(self) -> None:
+        self.sentinels: list[Any] = []  # as the compiled parameters hold them
+        self.values: list[Any] = []  # as the database takes them
+
+    def __call__(self, value: Any, kind: SlotKind = "str") -> Any:
+        n = len(self.sentinels) + 1
+        ops = connection.ops
+        sentinel: Any
+        if kind == "int":
+            sentinel = -(2**31) + n  # far from any page size, offset or key
+            self.sentinels.append(sentinel)
+            self.values.append(value)
+        elif kind == "date":
+            sentinel = date.min + timedelta(days=n)
+            self.sentinels.append(ops.adapt_datefield_value(sentinel))
+            self.values.append(ops.adapt_datefield_value(value))
+        else:
+            sentinel = f"\x00{n}\x00"
+            prepare = ops.prep_for_iexact_query if kind == "iexact" else str
+            self.sentinels.append(prepare(sentinel))
+            self.values.append(prepare(value))
+        return sentinel
+
+
 _SQL_TTL_S = 60.0
 _sql_cache: OrderedDict[tuple[Any, ...], tuple[float, str, list[Any], list[int]]] = OrderedDict()
 _sql_lock = threading.Lock()
@@ -126,12 +164,13 @@ def instance_row(
     more than running it. The SQL is exactly what ``instance_in`` (so ``visible_instances``,
     with any blinding filter) compiles for this user, role and project (``compiled``).
     """
+    slots = Slots()
+    uids = (slots(study_uid), slots(series_uid), slots(sop_uid))
     sql, params = compiled(
         scope,
         ("instance_row", fields),
-        lambda: instance_in(scope, *_SENTINELS).order_by().values_list(*fields)[:1],
-        _SENTINELS,
-        (study_uid, series_uid, sop_uid),
+        lambda: instance_in(scope, *uids).order_by().values_list(*fields)[:1],
+        slots,
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -143,16 +182,14 @@ def compiled(
     scope: Scope,
     key: tuple[Any, ...],
     build: Callable[[], QuerySet[Any]],
-    sentinels: tuple[Any, ...] = (),
-    values: tuple[Any, ...] = (),
+    slots: Slots | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL and parameters of ``build()`` for this user, role and project, compiled once a
     minute (memberships are read by the SQL itself, so they apply at once).
 
-    ``build`` makes the queryset with ``sentinels`` where the request's ``values`` go; they are
-    swapped into the cached parameters. Each sentinel is given as the compiled parameters hold
-    it and must occur there exactly once; each value, as the database takes it. Rows come back
-    as the database driver gives them (no ORM conversion), so callers read only plain columns.
+    ``build`` makes the queryset with the sentinels of ``slots`` where the request's values go;
+    the values are swapped into the cached parameters. Rows come back as the database driver
+    gives them (no ORM conversion), so callers read only plain columns.
     """
     # Everything the compiled SQL depends on besides the parameters: who (an admin sees every
     # project; a role may add blinding filters), which project, which query, which database.
@@ -167,7 +204,7 @@ def compiled(
     if cached is None:
         sql, params = build().query.sql_with_params()
         positions = []
-        for sentinel in sentinels:
+        for sentinel in slots.sentinels if slots is not None else ():
             found = [n for n, param in enumerate(params) if param == sentinel]
             if len(found) != 1:
                 raise ValueError(f"{key}: {sentinel!r} is {len(found)} of the compiled parameters")
@@ -179,7 +216,7 @@ def compiled(
                 _sql_cache.popitem(last=False)
     _, sql, template, positions = cached
     bound = list(template)
-    for position, value in zip(positions, values, strict=True):
+    for position, value in zip(positions, slots.values if slots is not None else (), strict=True):
         bound[position] = value
     return sql, bound
 
@@ -188,12 +225,11 @@ def cached_rows(
     scope: Scope,
     key: tuple[Any, ...],
     build: Callable[[], QuerySet[Any]],
-    sentinels: tuple[Any, ...] = (),
-    values: tuple[Any, ...] = (),
+    slots: Slots | None = None,
 ) -> list[tuple[Any, ...]]:
     """All rows of ``build()`` (a ``values_list`` queryset), its SQL compiled once a minute
-    (``compiled``, which explains ``sentinels`` and ``values``)."""
-    sql, params = compiled(scope, key, build, sentinels, values)
+    (:func:`compiled`)."""
+    sql, params = compiled(scope, key, build, slots)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [tuple(row) for row in cursor.fetchall()]
