@@ -8,8 +8,9 @@ that carries its own parameters is unfolded.
 
 from __future__ import annotations
 
+import io
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 CRLF = b"\r\n"
@@ -149,48 +150,108 @@ class MultipartError(ValueError):
 @dataclass
 class Part:
     headers: dict[str, str]
-    content: memoryview
+    content: bytes
 
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "")
 
 
-def split_parts(body: bytes | bytearray | memoryview, boundary: str) -> list[Part]:
-    """Parts of a multipart body, sharing its memory (instances can be hundreds of MB)."""
+Read = Callable[[int], bytes]
+READ_CHUNK = 1024 * 1024
+
+
+def split_parts(body: bytes, boundary: str) -> list[Part]:
+    """Parts of a multipart body held in memory."""
+    return list(read_parts(io.BytesIO(body).read, boundary))
+
+
+def read_parts(read: Read, boundary: str, *, chunk_size: int = READ_CHUNK) -> Iterator[Part]:
+    """Parts of a multipart body as they arrive: ``read(n)`` returns up to ``n`` more bytes of
+    the body (b"" at its end). Each part is yielded once its closing delimiter has been read,
+    so the first can be worked on while the rest are still on their way, and no more than one
+    part (and a chunk) is held here at a time. MultipartError, when the body turns out not to
+    be a multipart body, is raised on reaching the flaw, after the parts before it."""
     if not boundary:
         raise MultipartError("Content-Type has no boundary parameter")
-    data = memoryview(body)
-    raw = bytes(data) if not isinstance(body, (bytes, bytearray)) else body
+    body = _Buffered(read, chunk_size)
     marker = b"--" + boundary.encode()
     delimiter = CRLF + marker
-    start = raw.find(marker)
+    start = body.find(marker, 0)
     if start < 0:
         raise MultipartError("the boundary from Content-Type does not occur in the body")
     position = start + len(marker)
-    parts: list[Part] = []
     while True:
-        if raw[position : position + 2] == b"--":
-            return parts
+        if body.startswith(b"--", position):
+            return
         # Skip transport padding and the CRLF after the delimiter.
-        line_end = raw.find(CRLF, position)
+        line_end = body.find(CRLF, position)
         if line_end < 0:
             raise MultipartError("truncated multipart body")
         position = line_end + 2
-        header_end = raw.find(CRLF + CRLF, position)
-        if header_end < 0:
-            if raw.startswith(CRLF, position):  # a part with no headers at all
-                header_end = position - 2
-            else:
+        if body.startswith(CRLF, position):  # a part with no headers at all
+            header_end = position - 2
+        else:
+            header_end = body.find(CRLF + CRLF, position)
+            if header_end < 0:
                 raise MultipartError("truncated part headers")
         headers: dict[str, str] = {}
-        for line in bytes(raw[position:header_end]).decode("latin-1").split("\r\n"):
+        for line in body.take(position, header_end).decode("latin-1").split("\r\n"):
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
         content_start = header_end + 4
-        end = raw.find(delimiter, content_start)
+        end = body.find(delimiter, content_start)
         if end < 0:
             raise MultipartError("a part has no closing boundary")
-        parts.append(Part(headers, data[content_start:end]))
-        position = end + len(delimiter)
+        content = body.take(content_start, end)
+        position = body.forget(end + len(delimiter))
+        yield Part(headers, content)
+
+
+class _Buffered:
+    """The unread rest of a body: what has arrived, read further on demand."""
+
+    def __init__(self, read: Read, chunk_size: int) -> None:
+        self.read = read
+        self.chunk_size = chunk_size
+        self.data = bytearray()
+        self.ended = False
+
+    def more(self) -> bool:
+        """Read one more chunk; False at the body's end."""
+        if self.ended:
+            return False
+        chunk = self.read(self.chunk_size)
+        if not chunk:
+            self.ended = True
+            return False
+        self.data += chunk
+        return True
+
+    def find(self, pattern: bytes, start: int) -> int:
+        """Where ``pattern`` first occurs at or after ``start``, reading as far as needed; -1
+        if the body ends first. Each byte is searched once, however many chunks it takes."""
+        searched = start
+        while True:
+            found = self.data.find(pattern, searched)
+            if found >= 0:
+                return found
+            searched = max(start, len(self.data) - len(pattern) + 1)
+            if not self.more():
+                return -1
+
+    def startswith(self, prefix: bytes, position: int) -> bool:
+        while len(self.data) < position + len(prefix) and self.more():
+            pass
+        return self.data.startswith(prefix, position)
+
+    def take(self, start: int, end: int) -> bytes:
+        """A copy of ``[start, end)``, which must have arrived."""
+        with memoryview(self.data) as view:
+            return bytes(view[start:end])
+
+    def forget(self, end: int) -> int:
+        """Drop what comes before ``end``; the position ``end`` has from now on (0)."""
+        del self.data[:end]
+        return 0

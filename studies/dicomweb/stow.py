@@ -22,7 +22,7 @@ from core.exceptions import ApplicationError
 from core.models import Role
 from studies.dicomweb import selectors
 from studies.dicomweb.dicomjson import attr
-from studies.dicomweb.multipart import MultipartError, parse_media_type, split_parts
+from studies.dicomweb.multipart import MultipartError, Read, parse_media_type, read_parts
 from studies.dicomweb.selectors import Scope
 from studies.services.ingest import ingest_datasets_bytes
 from studies.services.prepare import FileOutcome, Item, Refusal, SentUids, read_sent_uids
@@ -93,28 +93,16 @@ def with_preamble(data: bytes) -> bytes:
     return data
 
 
-def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = None) -> StowResult:
+def store(scope: Scope, content_type: str, read: Read, study_uid: str | None = None) -> StowResult:
+    """Store the parts of a body that ``read(n)`` returns as it arrives: each part is prepared
+    while the next is read, and nothing is stored before the body has been read to its end and
+    found well-formed."""
     if not has_role(scope.user, *WRITE_ROLES):
         raise ApplicationError(
             "your role may not store instances", status_code=status.HTTP_403_FORBIDDEN
         )
     boundary = check_content_type(content_type)
     project = selectors.project_for_store(scope)
-    try:
-        parts = split_parts(body, boundary)
-    except MultipartError as exc:
-        raise ApplicationError(f"malformed multipart body: {exc}") from None
-    if not parts:
-        raise ApplicationError("the multipart body holds no parts")
-
-    sent: list[_Part] = []
-    for number, part in enumerate(parts, start=1):
-        media_type = part.content_type.split(";")[0].strip().lower()
-        item = _Part(f"part {number}", with_preamble(bytes(part.content)))
-        if media_type not in ("", "application/dicom"):
-            item.refusal = f"part media type {media_type} is not application/dicom"
-        sent.append(item)
-    del parts
 
     def study_in_url(uids: SentUids) -> str:
         if study_uid is None or not uids.study_instance_uid or uids.study_instance_uid == study_uid:
@@ -124,21 +112,34 @@ def store(scope: Scope, content_type: str, body: bytes, study_uid: str | None = 
             "in the request URL"
         )
 
-    pending = [i for i, item in enumerate(sent) if not item.refusal]
+    sent: list[_Part] = []
+    pending: list[int] = []  # the parts handed to the ingest service, by index in ``sent``
 
     def parts_to_store() -> Iterator[Item]:
-        # A part's bytes are released once handed over (the ingest service works in batches).
-        for i in pending:
-            item = sent[i]
+        for number, part in enumerate(read_parts(read, boundary), start=1):
+            media_type = part.content_type.split(";")[0].strip().lower()
+            item = _Part(f"part {number}", with_preamble(part.content))
+            sent.append(item)
+            if media_type not in ("", "application/dicom"):
+                item.refusal = f"part media type {media_type} is not application/dicom"
+                continue
+            pending.append(len(sent) - 1)
+            # The bytes are the ingest service's from here on (it releases them once written).
             data, item.data = item.data, b""
             yield item.name, data
 
-    report = ingest_datasets_bytes(
-        parts_to_store(),
-        project=project,
-        deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT),
-        admit=study_in_url,
-    )
+    try:
+        report = ingest_datasets_bytes(
+            parts_to_store(),
+            project=project,
+            deidentify=bool(settings.DEIDENTIFY_BY_DEFAULT),
+            admit=study_in_url,
+            whole=True,
+        )
+    except MultipartError as exc:
+        raise ApplicationError(f"malformed multipart body: {exc}") from None
+    if not sent:
+        raise ApplicationError("the multipart body holds no parts")
     outcomes: dict[int, FileOutcome] = dict(zip(pending, report.outcomes, strict=True))
     return _response(scope, sent, outcomes)
 

@@ -9,6 +9,7 @@ transfer-syntax parameters) are beyond DRF's renderer matching; errors are alway
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +28,6 @@ from studies.dicomweb.multipart import iter_parts, new_boundary, parse_accept, t
 from studies.dicomweb.selectors import Scope
 
 DICOM_JSON = "application/dicom+json"
-READ_CHUNK = 1024 * 1024
 
 
 class DicomwebView(APIView):
@@ -253,14 +253,14 @@ def retrieve_response(
 
 
 def store_response(request: Request, scope: Scope, study: str | None) -> HttpResponse:
-    body = read_body(request)
-    result = stow.store(scope, request.headers.get("Content-Type", ""), body, study)
+    read = body_reader(request)
+    result = stow.store(scope, request.headers.get("Content-Type", ""), read, study)
     return json_response(result.to_json(), result.warnings, status=result.status_code)
 
 
-def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 beyond settings.MAX_UPLOAD_BYTES before it is read
-    (declared length) or while it is read (chunked uploads)."""
+def body_reader(request: Request) -> Callable[[int], bytes]:
+    """``read(n)`` over the request body, refused with 413 beyond settings.MAX_UPLOAD_BYTES
+    before it is read (declared length) or once that much has been read (chunked uploads)."""
     limit = int(settings.MAX_UPLOAD_BYTES)
     declared = request.headers.get("Content-Length")
     too_big = ApplicationError(
@@ -270,7 +270,7 @@ def read_body(request: Request) -> bytes:
     if declared:
         if int(declared) > limit:
             raise too_big
-        return http_request.read()
+        return http_request.read  # type: ignore[no-any-return]
     # Chunked: readable only where the server de-chunks and says so (gunicorn, mod_wsgi set
     # wsgi.input_terminated); Django's development server would hand us an empty stream.
     stream = http_request.META.get("wsgi.input")
@@ -279,11 +279,14 @@ def read_body(request: Request) -> bytes:
             "send a Content-Length: this server front-end cannot read chunked request bodies",
             status_code=411,
         )
-    chunks: list[bytes] = []
     total = 0
-    while chunk := stream.read(READ_CHUNK):
+
+    def read(size: int) -> bytes:
+        nonlocal total
+        chunk: bytes = stream.read(size)
         total += len(chunk)
         if total > limit:
             raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+        return chunk
+
+    return read

@@ -113,13 +113,19 @@ def ingest_datasets_bytes(
     project: Project,
     deidentify: bool = True,
     admit: Admit | None = None,
+    whole: bool = False,
 ) -> IngestReport:
     """Ingest in-memory files (upload API, STOW-RS); ``report.outcomes`` in the order given.
 
     ``admit``, when given, sees the UIDs each readable file was sent with and may refuse it (its
     reason becomes the file's outcome) before anything of it is written.
+
+    ``whole``: nothing is stored before ``items`` is exhausted, so that an error ``items``
+    raises part-way (an upload read as it arrives that breaks off, or turns out malformed or
+    too large) stores none of its files. Their bytes are not kept meanwhile: each is on its way
+    to a temporary file from the moment it is prepared.
     """
-    return _ingest(items, project=project, deidentify=deidentify, admit=admit)
+    return _ingest(items, project=project, deidentify=deidentify, admit=admit, whole=whole)
 
 
 def _ingest(
@@ -128,6 +134,7 @@ def _ingest(
     project: Project,
     deidentify: bool,
     admit: Admit | None = None,
+    whole: bool = False,
 ) -> IngestReport:
     report = IngestReport()
     preparer = Preparer(
@@ -143,21 +150,26 @@ def _ingest(
             else:
                 yield item
 
-    batch: list[Prepared | FileOutcome] = []
+    waiting: list[Prepared | FileOutcome] = []  # prepared, not yet stored
     try:
         for item in preparer.prepare_all(to_prepare()):
-            batch.append(_start_write(_admitted(item, admit)))
-            if len(batch) >= BATCH_SIZE:
-                full, batch = batch, []
-                report.outcomes.extend(_store_batch(full, project=project))
-        if batch:
-            full, batch = batch, []
-            report.outcomes.extend(_store_batch(full, project=project))
-    finally:  # a batch never stored (an error on the way) leaves no temporary file behind
+            waiting.append(_start_write(_admitted(item, admit)))
+            if not whole and len(waiting) >= BATCH_SIZE:
+                report.outcomes.extend(_store_batch(_first(waiting), project=project))
+        while waiting:
+            report.outcomes.extend(_store_batch(_first(waiting), project=project))
+    finally:  # files never stored (an error on the way) leave no temporary file behind
         storage.discard_temps(
-            [i.write_soon for i in batch if isinstance(i, Prepared) and i.write_soon is not None]
+            [i.write_soon for i in waiting if isinstance(i, Prepared) and i.write_soon is not None]
         )
     return report
+
+
+def _first(waiting: list[Prepared | FileOutcome]) -> list[Prepared | FileOutcome]:
+    """The next batch, taken off ``waiting``: from here on ``_store_batch`` answers for it."""
+    batch = waiting[:BATCH_SIZE]
+    del waiting[:BATCH_SIZE]
+    return batch
 
 
 def _admitted(item: Prepared | FileOutcome, admit: Admit | None) -> Prepared | FileOutcome:
@@ -181,6 +193,7 @@ def _start_write(item: Prepared | FileOutcome) -> Prepared | FileOutcome:
         and not storage.in_place(storage.absolute(item.relpath))
     ):
         item.write_soon = storage.write_durable_temp_soon(item.relpath, item.data)
+        item.data = b""  # the write holds them until they are on disk
     return item
 
 

@@ -185,7 +185,7 @@ class Prepared:
     rows need."""
 
     name: str
-    data: bytes  # empty once a helper process has written them (``write_soon``)
+    data: bytes  # empty once on their way to a temporary file (``write_soon``)
     key: DeidentificationKey | None
     sent: SentUids
     hierarchy: Hierarchy

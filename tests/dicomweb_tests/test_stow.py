@@ -145,6 +145,24 @@ def test_oversized_uploads_are_413(api_client_for, coordinator, settings):
     assert not Instance.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [b"--f00dcafe\r\nContent-Type: application/dicom\r\n\r\nnever closed", b"--f00dcafe"],
+)
+def test_a_body_that_breaks_off_stores_none_of_its_parts(
+    api_client_for, coordinator, monkeypatch, tail
+):
+    """Parts are prepared while the body is read, and batches of them stored as they fill;
+    but not before the whole body has been read: a flaw at its end stores nothing."""
+    monkeypatch.setattr("studies.services.ingest.BATCH_SIZE", 2)
+    body = multipart(ct_series_bytes(9))[: -len(f"--{BOUNDARY}--\r\n")] + tail
+    response = post(api_client_for(coordinator), "/dicomweb/studies", body)
+    assert response.status_code == 400
+    assert "malformed multipart body" in response.json()["detail"]
+    assert not Instance.objects.exists()
+    assert not UidMapping.objects.exists()
+
+
 def test_readers_may_not_store(api_client_for, reader_a):
     response = post(api_client_for(reader_a), "/dicomweb/studies", multipart(ct_series_bytes(1)))
     assert response.status_code == 403

@@ -382,3 +382,18 @@ def test_ingest_marks_the_geometry_stale_and_the_first_read_remakes_it_once(proj
         assert geometry_of(series)["n_slices"] == 5
     assert refresh.call_count == 1
     assert not Series.objects.get().geometry_stale
+
+
+def test_a_whole_upload_stores_nothing_when_its_source_fails(project, monkeypatch):
+    """``whole``: an upload read as it arrives that breaks off (here after 7 files, in batches
+    of 2) stores none of its files, and leaves no temporary file behind."""
+    monkeypatch.setattr(ingest_module, "BATCH_SIZE", 2)
+
+    def breaking_off():
+        yield from enumerate_names(ct_series_bytes(7))
+        raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        ingest_datasets_bytes(breaking_off(), project=project, whole=True)
+    assert not Instance.objects.exists()
+    assert [p for p in storage.storage_root().rglob("*") if p.is_file()] == []
