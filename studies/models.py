@@ -134,6 +134,13 @@ class Instance(BaseModel):
 
     class Meta:
         ordering = ["series", "instance_number"]
+        indexes = [
+            # A series' instances in order: its first instance (QIDO's attributes that only the
+            # stored instances hold) is one index entry, not a sort of the whole series.
+            models.Index(
+                fields=["series", "instance_number", "id"], name="instance_in_series_order"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.sop_instance_uid
