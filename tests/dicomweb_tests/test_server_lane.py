@@ -429,3 +429,64 @@ def test_open_ranges_opens_each_file_once_and_refuses_a_short_one(tmp_path):
     with pytest.raises(OSError, match="shorter than its recorded Pixel Data"):
         server._open_ranges([*frames, fastpath.FileRange(path, 900, 400)])
     assert len(os.listdir("/proc/self/fd")) == open_files
+
+
+def test_a_socket_body_reads_what_the_parser_held_then_the_socket_and_no_further():
+    from gunicorn.http.body import LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    body, next_request = os.urandom(300_000), get("/next")
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)  # a read past the body's end would wait for bytes that never come
+    try:
+        unreader = SocketUnreader(ours)
+        unreader.unread(body[:1000])  # what the parser read past the request head
+        sender = threading.Thread(target=theirs.sendall, args=(body[1000:] + next_request,))
+        sender.start()
+        reader = server.SocketBody(LengthReader(unreader, len(body)))
+        pieces = [reader.read(n) for n in (10, 5000, 65_536, 1 << 20, 100)]
+        sender.join()
+        assert all(isinstance(piece, bytes) for piece in pieces)
+        assert b"".join(pieces) == body
+        assert pieces[-1] == b""  # the body's end, not the next request
+        assert unreader.read(len(next_request)) == next_request
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_stow_upload_on_a_kept_connection_is_read_whole_and_the_next_request_follows(
+    monkeypatch, series, coordinator
+):
+    from studies.models import Instance
+    from tests.dicom_builders import ct_series_bytes
+
+    worker = Worker(monkeypatch)
+    boundary = "f00dcafe"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        for data in ct_series_bytes(3)
+    ) + f"--{boundary}--\r\n".encode()
+    auth = f"Authorization: {token_for(coordinator)}"
+    post = (
+        "\r\n".join(
+            [
+                "POST /dicomweb/studies HTTP/1.1",
+                "Host: 127.0.0.1:8000",
+                auth,
+                "Accept: application/dicom+json",
+                f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
+                f"Content-Length: {len(body)}",
+            ]
+        )
+        + "\r\n\r\n"
+    ).encode() + body
+    before = Instance.objects.count()
+
+    result, responses = worker.exchange(
+        post, get(frame_paths(series)[0], auth, f"Accept: {OCTET_ANY}")
+    )
+
+    assert result is True
+    assert [r.status for r in responses] == [200, 200]
+    assert Instance.objects.count() == before + 3
