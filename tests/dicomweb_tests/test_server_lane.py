@@ -463,10 +463,13 @@ def test_a_stow_upload_on_a_kept_connection_is_read_whole_and_the_next_request_f
 
     worker = Worker(monkeypatch)
     boundary = "f00dcafe"
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-        for data in ct_series_bytes(3)
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for data in ct_series_bytes(3)
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
     auth = f"Authorization: {token_for(coordinator)}"
     post = (
         "\r\n".join(
