@@ -108,7 +108,10 @@ class Series(BaseModel):
 
 
 class Instance(BaseModel):
-    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    # Indexed by ``instance_in_series_order``, which starts with it.
+    series = models.ForeignKey(
+        Series, on_delete=models.PROTECT, related_name="instances", db_index=False
+    )
     sop_instance_uid = models.CharField(max_length=64, unique=True)
     sop_class_uid = models.CharField(max_length=64)
     transfer_syntax_uid = models.CharField(max_length=64)

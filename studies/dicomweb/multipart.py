@@ -8,7 +8,6 @@ that carries its own parameters is unfolded.
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -161,11 +160,6 @@ Read = Callable[[int], bytes]
 READ_CHUNK = 1024 * 1024
 
 
-def split_parts(body: bytes, boundary: str) -> list[Part]:
-    """Parts of a multipart body held in memory."""
-    return list(read_parts(io.BytesIO(body).read, boundary))
-
-
 def read_parts(read: Read, boundary: str, *, chunk_size: int = READ_CHUNK) -> Iterator[Part]:
     """Parts of a multipart body as they arrive: ``read(n)`` returns up to ``n`` more bytes of
     the body (b"" at its end). Each part is yielded once its closing delimiter has been read,
@@ -205,7 +199,8 @@ def read_parts(read: Read, boundary: str, *, chunk_size: int = READ_CHUNK) -> It
         if end < 0:
             raise MultipartError("a part has no closing boundary")
         content = body.take(content_start, end)
-        position = body.forget(end + len(delimiter))
+        body.forget(end + len(delimiter))
+        position = 0
         yield Part(headers, content)
 
 
@@ -251,7 +246,6 @@ class _Buffered:
         with memoryview(self.data) as view:
             return bytes(view[start:end])
 
-    def forget(self, end: int) -> int:
-        """Drop what comes before ``end``; the position ``end`` has from now on (0)."""
+    def forget(self, end: int) -> None:
+        """Drop what comes before ``end``: positions count from ``end`` from now on."""
         del self.data[:end]
-        return 0

@@ -9,7 +9,6 @@ transfer-syntax parameters) are beyond DRF's renderer matching; errors are alway
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +23,7 @@ from rest_framework.views import APIView
 from core.exceptions import ApplicationError
 from studies.dicomweb import qido, render, stow, wado
 from studies.dicomweb.authentication import CachedTokenAuthentication
-from studies.dicomweb.multipart import iter_parts, new_boundary, parse_accept, type_matches
+from studies.dicomweb.multipart import Read, iter_parts, new_boundary, parse_accept, type_matches
 from studies.dicomweb.selectors import Scope
 
 DICOM_JSON = "application/dicom+json"
@@ -258,7 +257,7 @@ def store_response(request: Request, scope: Scope, study: str | None) -> HttpRes
     return json_response(result.to_json(), result.warnings, status=result.status_code)
 
 
-def body_reader(request: Request) -> Callable[[int], bytes]:
+def body_reader(request: Request) -> Read:
     """``read(n)`` over the request body, refused with 413 beyond settings.MAX_UPLOAD_BYTES
     before it is read (declared length) or once that much has been read (chunked uploads)."""
     limit = int(settings.MAX_UPLOAD_BYTES)

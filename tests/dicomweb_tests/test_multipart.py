@@ -7,9 +7,13 @@ import os
 
 import pytest
 
-from studies.dicomweb.multipart import MultipartError, read_parts, split_parts
+from studies.dicomweb.multipart import MultipartError, read_parts
 
 BOUNDARY = "f00dcafe"
+
+
+def split_parts(body: bytes, boundary: str) -> list:
+    return list(read_parts(io.BytesIO(body).read, boundary))
 
 
 def body_of(contents: list[bytes], *, headers: bool = True) -> bytes:
