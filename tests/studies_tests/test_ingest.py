@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 from unittest import mock
@@ -16,7 +17,7 @@ from studies.services import ingest as ingest_module
 from studies.services import storage
 from studies.services.geometry import refresh_series_geometry
 from studies.services.ingest import ingest_datasets_bytes, ingest_paths
-from studies.services.prepare import Refusal
+from studies.services.prepare import Refusal, prepare
 from tests.dicom_builders import ct_series_bytes, ct_slice, to_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("helper_processes")]
@@ -182,10 +183,10 @@ def test_a_failed_index_write_leaves_no_file_and_no_row(project, n):
     files = ct_series_bytes(n)
     insert_rows = ingest_module._insert_rows
 
-    def mappings_fail(rows, **kwargs):  # the instance rows are in when the mappings fail
-        if rows and isinstance(rows[0], UidMapping):
+    def mappings_fail(model, rows, **kwargs):  # the instance rows are in when the mappings fail
+        if model is UidMapping:
             raise RuntimeError("disk full")
-        return insert_rows(rows, **kwargs)
+        return insert_rows(model, rows, **kwargs)
 
     with mock.patch.object(ingest_module, "_insert_rows", side_effect=mappings_fail):
         with pytest.raises(RuntimeError):
@@ -397,3 +398,26 @@ def test_a_whole_upload_stores_nothing_when_its_source_fails(project, monkeypatc
         ingest_datasets_bytes(breaking_off(), project=project, whole=True)
     assert not Instance.objects.exists()
     assert [p for p in storage.storage_root().rglob("*") if p.is_file()] == []
+
+
+def test_each_row_holds_what_the_file_was_prepared_into(project):
+    # The rows go in as SQL, not through model instances: every field, the key, the time
+    # stamps and the mappings must read back as the ORM would have written them.
+    files = ct_series_bytes(3)
+    report = ingest_datasets_bytes(enumerate_names(files), project=project, deidentify=True)
+    assert report.stored == 3
+    deidentifier = ingest_module.make_deidentifier()
+    series = Series.objects.get()
+    for data in files:
+        prepared = prepare("x", data, deidentifier)
+        row = Instance.objects.get(sop_instance_uid=prepared.sop_uid)
+        assert row.series_id == series.pk
+        expected = {**prepared.fields, "sha256": hashlib.sha256(prepared.data).hexdigest()}
+        for name, value in expected.items():
+            assert getattr(row, name) == value, name
+        assert row.created is not None and row.created == row.modified
+    assert len({row.pk for row in Instance.objects.all()}) == 3
+    patient = Patient.objects.get()
+    levels = sorted(UidMapping.objects.filter(patient=patient).values_list("level", flat=True))
+    assert levels == ["instance"] * 3 + ["series", "study"]
+    assert series.geometry_stale is True  # its summary is remade when next read
