@@ -421,3 +421,16 @@ def test_each_row_holds_what_the_file_was_prepared_into(project):
     levels = sorted(UidMapping.objects.filter(patient=patient).values_list("level", flat=True))
     assert levels == ["instance"] * 3 + ["series", "study"]
     assert series.geometry_stale is True  # its summary is remade when next read
+
+
+def test_more_of_a_series_stored_in_another_project_is_refused(project, other_project):
+    study, series = generate_uid(), generate_uid()
+    first = ct_series_bytes(2, study_uid=study, series_uid=series, patient_id="Q-1")
+    ingest_datasets_bytes(enumerate_names(first), project=project, deidentify=False)
+    more = [to_bytes(ct_slice(study_uid=study, series_uid=series, index=5, patient_id="Q-1"))]
+    report = ingest_datasets_bytes(enumerate_names(more), project=other_project, deidentify=False)
+    [outcome] = report.outcomes
+    assert outcome.status == "rejected"
+    assert "belongs to project" in outcome.reason
+    assert Instance.objects.count() == 2
+    assert not Patient.objects.filter(project=other_project).exists()
