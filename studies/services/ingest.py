@@ -269,19 +269,29 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
     return outcomes
 
 
+def _column(model: type[BaseModel], name: str) -> str:
+    """The quoted column of ``model``'s field ``name`` (``"pk"``: its primary key)."""
+    meta = model._meta
+    field = meta.pk if name == "pk" else meta.get_field(name)
+    assert isinstance(field, models.Field) and field.column  # a concrete field
+    return str(connection.ops.quote_name(field.column))
+
+
+def _table(model: type[BaseModel]) -> str:
+    return str(connection.ops.quote_name(model._meta.db_table))
+
+
 def _mark_geometry_stale(series_ids: set[Any]) -> None:
     """``Series.geometry_stale = True`` for these series (in SQL, as ``_stored_digests``)."""
     if not series_ids:
         return
-    field = Series._meta.pk
-    quote = connection.ops.quote_name
     sql = "UPDATE {} SET {} = %s WHERE {} IN ({})".format(
-        quote(Series._meta.db_table),
-        quote("geometry_stale"),
-        quote(field.column),
+        _table(Series),
+        _column(Series, "geometry_stale"),
+        _column(Series, "pk"),
         ", ".join(["%s"] * len(series_ids)),
     )
-    ids = [field.get_db_prep_value(pk, connection) for pk in series_ids]
+    ids = [Series._meta.pk.get_db_prep_value(pk, connection) for pk in series_ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, [True, *ids])
 
@@ -293,12 +303,11 @@ def _stored_digests(sop_uids: list[str]) -> dict[str, str]:
     where building the query cost more than running it."""
     if not sop_uids:
         return {}
-    quote = connection.ops.quote_name
     sql = "SELECT {}, {} FROM {} WHERE {} IN ({})".format(
-        quote("sop_instance_uid"),
-        quote("sha256"),
-        quote(Instance._meta.db_table),
-        quote("sop_instance_uid"),
+        _column(Instance, "sop_instance_uid"),
+        _column(Instance, "sha256"),
+        _table(Instance),
+        _column(Instance, "sop_instance_uid"),
         ", ".join(["%s"] * len(sop_uids)),
     )
     with connection.cursor() as cursor:
@@ -497,24 +506,23 @@ def _indexed_series(hierarchy: Hierarchy, project: Project) -> _SeriesKey | None
     ``hierarchy`` says (the usual case after a series' first upload); None otherwise, and
     ``_index_hierarchy`` creates what is missing or says what does not match. (In SQL, as
     ``_stored_digests``.)"""
-    quote = connection.ops.quote_name
     sql = (
         "SELECT se.{}, st.{}, pa.{}, pa.{}, pa.{} FROM {} se JOIN {} st ON st.{} = se.{} "
         "JOIN {} pa ON pa.{} = st.{} WHERE se.{} = %s"
     ).format(
-        quote(Series._meta.pk.column),
-        quote(Study._meta.get_field("study_instance_uid").column),
-        quote(Patient._meta.pk.column),
-        quote(Patient._meta.get_field("patient_id").column),
-        quote(Patient._meta.get_field("project").column),
-        quote(Series._meta.db_table),
-        quote(Study._meta.db_table),
-        quote(Study._meta.pk.column),
-        quote(Series._meta.get_field("study").column),
-        quote(Patient._meta.db_table),
-        quote(Patient._meta.pk.column),
-        quote(Study._meta.get_field("patient").column),
-        quote(Series._meta.get_field("series_instance_uid").column),
+        _column(Series, "pk"),
+        _column(Study, "study_instance_uid"),
+        _column(Patient, "pk"),
+        _column(Patient, "patient_id"),
+        _column(Patient, "project"),
+        _table(Series),
+        _table(Study),
+        _column(Study, "pk"),
+        _column(Series, "study"),
+        _table(Patient),
+        _column(Patient, "pk"),
+        _column(Study, "patient"),
+        _column(Series, "series_instance_uid"),
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [hierarchy.series_instance_uid])
