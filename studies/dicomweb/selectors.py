@@ -79,9 +79,10 @@ def project_for_store(scope: Scope) -> Project:
                 f"unknown project {scope.project_slug!r}", status_code=status.HTTP_404_NOT_FOUND
             )
         return project
-    slugs = list(projects.order_by("slug").values_list("slug", flat=True)[:10])
-    if len(slugs) == 1:
-        return projects.get()
+    first = list(projects.order_by("slug")[:10])  # one query: the project, or the choice
+    if len(first) == 1:
+        return first[0]
+    slugs = [p.slug for p in first]
     named = ", ".join(f"/dicomweb/projects/{slug}/studies" for slug in slugs) or "none"
     raise ApplicationError(
         "STOW-RS needs a target project: you belong to "
