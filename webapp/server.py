@@ -193,8 +193,9 @@ class ScrollingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
 
 class SocketBody(Body):  # type: ignore[misc]
-    """A request body of declared length whose ``read(n)`` receives straight into the bytes
-    it returns (``recv_into``), after whatever the parser had read ahead.
+    """A request body of declared length whose ``read(n)`` receives into one buffer
+    (``recv_into``, after whatever the parser had read ahead) and returns it as bytes: one
+    copy on the way to the caller.
 
     gunicorn's reader passes each received chunk through two buffers and slices it twice on
     the way to the caller: for a STOW-RS upload of tens of megabytes, read in megabyte

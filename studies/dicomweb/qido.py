@@ -23,9 +23,10 @@ from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, TextField, 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from core.exceptions import ApplicationError
+from core.sql import SlotKind, Slots
 from studies.dicomweb import selectors
 from studies.dicomweb.dicomjson import attr, with_base
-from studies.dicomweb.selectors import Scope, SlotKind, Slots
+from studies.dicomweb.selectors import Scope
 from studies.models import Instance, Series, Study
 
 Level = Literal["study", "series", "instance"]

@@ -8,20 +8,18 @@ SEG objects from a reader) hides them everywhere, counts included.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from rest_framework import status
 
+from core import sql as core_sql
 from core.access import is_site_admin, projects_for
 from core.exceptions import ApplicationError
+from core.sql import Slots
 from studies.models import Instance, Series, Study
 from studies.selectors import instances_for
 
@@ -111,49 +109,7 @@ def instances_under(
     return queryset.order_by("series__series_number", "series_id", "instance_number", "pk")
 
 
-# ---- SQL compiled once a minute ------------------------------------------------------------
-
-SlotKind = Literal["str", "int", "date", "iexact"]
-
-
-class Slots:
-    """A query's conditions with a sentinel in place of each of the request's values.
-
-    A query is then compiled once a minute per shape (for a search: which keys, which kind of
-    match, how many values), not per value: the sentinels are found in the compiled parameters and the
-    values go in their place (:func:`compiled`). Each value is prepared here as the ORM
-    would prepare it for its lookup, so the conditions use only lookups that pass a value
-    through unchanged, or through Django's own ``adapt_datefield_value`` and
-    ``prep_for_iexact_query``.
-    """
-
-    def __init__(self) -> None:
-        self.sentinels: list[Any] = []  # as the compiled parameters hold them
-        self.values: list[Any] = []  # as the database takes them
-
-    def __call__(self, value: Any, kind: SlotKind = "str") -> Any:
-        n = len(self.sentinels) + 1
-        ops = connection.ops
-        sentinel: Any
-        if kind == "int":
-            sentinel = -(2**31) + n  # far from any page size, offset or key
-            self.sentinels.append(sentinel)
-            self.values.append(value)
-        elif kind == "date":
-            sentinel = date.min + timedelta(days=n)
-            self.sentinels.append(ops.adapt_datefield_value(sentinel))
-            self.values.append(ops.adapt_datefield_value(value))
-        else:
-            sentinel = f"\x00{n}\x00"
-            prepare = ops.prep_for_iexact_query if kind == "iexact" else str
-            self.sentinels.append(prepare(sentinel))
-            self.values.append(prepare(value))
-        return sentinel
-
-
-_SQL_TTL_S = 60.0
-_sql_cache: OrderedDict[tuple[Any, ...], tuple[float, str, list[Any], list[int]]] = OrderedDict()
-_sql_lock = threading.Lock()
+# ---- SQL compiled once a minute (``core.sql``), per user, role and project ----------------
 
 
 def instance_row(
@@ -186,40 +142,9 @@ def compiled(
     slots: Slots | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL and parameters of ``build()`` for this user, role and project, compiled once a
-    minute (memberships are read by the SQL itself, so they apply at once).
-
-    ``build`` makes the queryset with the sentinels of ``slots`` where the request's values go;
-    the values are swapped into the cached parameters. Rows come back as the database driver
-    gives them (no ORM conversion), so callers read only plain columns.
-    """
-    # Everything the compiled SQL depends on besides the parameters: who (an admin sees every
-    # project; a role may add blinding filters), which project, which query, which database.
-    user = scope.user
-    who = (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None))
-    cache_key = (who, scope.project_slug, key, connection.vendor)
-    now = time.monotonic()
-    with _sql_lock:
-        cached = _sql_cache.get(cache_key)
-        if cached is not None and cached[0] < now:
-            cached = None
-    if cached is None:
-        sql, params = build().query.sql_with_params()
-        positions = []
-        for sentinel in slots.sentinels if slots is not None else ():
-            found = [n for n, param in enumerate(params) if param == sentinel]
-            if len(found) != 1:
-                raise ValueError(f"{key}: {sentinel!r} is {len(found)} of the compiled parameters")
-            positions += found
-        cached = (now + _SQL_TTL_S, sql, list(params), positions)
-        with _sql_lock:
-            _sql_cache[cache_key] = cached
-            while len(_sql_cache) > 512:
-                _sql_cache.popitem(last=False)
-    _, sql, template, positions = cached
-    bound = list(template)
-    for position, value in zip(positions, slots.values if slots is not None else (), strict=True):
-        bound[position] = value
-    return sql, bound
+    minute (``core.sql.compiled``; memberships are read by the SQL itself, so they apply at
+    once)."""
+    return core_sql.compiled(_scoped(scope, key), build, slots)
 
 
 def cached_rows(
@@ -229,8 +154,13 @@ def cached_rows(
     slots: Slots | None = None,
 ) -> list[tuple[Any, ...]]:
     """All rows of ``build()`` (a ``values_list`` queryset), its SQL compiled once a minute
-    (:func:`compiled`)."""
-    sql, params = compiled(scope, key, build, slots)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [tuple(row) for row in cursor.fetchall()]
+    for this user, role and project (:func:`compiled`)."""
+    return core_sql.rows(_scoped(scope, key), build, slots)
+
+
+def _scoped(scope: Scope, key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``key`` with everything the compiled SQL depends on besides its values: who (an admin
+    sees every project; a role may add blinding filters) and which project."""
+    user = scope.user
+    who = (getattr(user, "pk", None), is_site_admin(user), getattr(user, "role", None))
+    return ("dicomweb", who, scope.project_slug, key)

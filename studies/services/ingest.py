@@ -20,7 +20,9 @@ from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
+from core import sql as core_sql
 from core.models import BaseModel, Project
+from core.sql import Slots
 from studies.archive import ArchiveError, RejectedInput, expand_inputs
 from studies.deidentify import DeidentificationKey, Deidentifier
 from studies.models import (
@@ -248,7 +250,9 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
             if accepted and not _insert_together(accepted):
                 accepted = _insert_one_by_one(accepted, outcomes)
             # With the rows: their series' geometry summaries are remade when next read.
-            _mark_geometry_stale({series.pk for _, series, _ in accepted})
+            Series.objects.filter(pk__in={series.pk for _, series, _ in accepted}).update(
+                geometry_stale=True
+            )
             for item, _, write in accepted:
                 moves.append((write.result(), storage.absolute(item.relpath)))  # fsync'd
                 used.add(write)
@@ -269,50 +273,23 @@ def _store_batch(prepared: list[Prepared | FileOutcome], *, project: Project) ->
     return outcomes
 
 
-def _column(model: type[BaseModel], name: str) -> str:
-    """The quoted column of ``model``'s field ``name`` (``"pk"``: its primary key)."""
-    meta = model._meta
-    field = meta.pk if name == "pk" else meta.get_field(name)
-    assert isinstance(field, models.Field) and field.column  # a concrete field
-    return str(connection.ops.quote_name(field.column))
-
-
-def _table(model: type[BaseModel]) -> str:
-    return str(connection.ops.quote_name(model._meta.db_table))
-
-
-def _mark_geometry_stale(series_ids: set[Any]) -> None:
-    """``Series.geometry_stale = True`` for these series (in SQL, as ``_stored_digests``)."""
-    if not series_ids:
-        return
-    sql = "UPDATE {} SET {} = %s WHERE {} IN ({})".format(
-        _table(Series),
-        _column(Series, "geometry_stale"),
-        _column(Series, "pk"),
-        ", ".join(["%s"] * len(series_ids)),
-    )
-    ids = [Series._meta.pk.get_db_prep_value(pk, connection) for pk in series_ids]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [True, *ids])
-
-
 def _stored_digests(sop_uids: list[str]) -> dict[str, str]:
-    """SHA-256 of the instances already stored under these SOP Instance UIDs.
-
-    In SQL rather than through the ORM: it runs once per batch on the path every upload takes,
-    where building the query cost more than running it."""
+    """SHA-256 of the instances already stored under these SOP Instance UIDs (its SQL compiled
+    once a minute per number of UIDs: it runs for every batch an upload stores)."""
     if not sop_uids:
         return {}
-    sql = "SELECT {}, {} FROM {} WHERE {} IN ({})".format(
-        _column(Instance, "sop_instance_uid"),
-        _column(Instance, "sha256"),
-        _table(Instance),
-        _column(Instance, "sop_instance_uid"),
-        ", ".join(["%s"] * len(sop_uids)),
+    slots = Slots()
+    uids = [slots(uid) for uid in sop_uids]
+    found = core_sql.rows(
+        ("ingest", "stored-digests", len(uids)),
+        lambda: (
+            Instance.objects.filter(sop_instance_uid__in=uids)
+            .order_by()
+            .values_list("sop_instance_uid", "sha256")
+        ),
+        slots,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, sop_uids)
-        return dict(cursor.fetchall())
+    return dict(found)
 
 
 # A row to insert: values by field attribute name (``series_id``, not ``series``); the primary
@@ -504,32 +481,28 @@ class _HierarchyCache:
 def _indexed_series(hierarchy: Hierarchy, project: Project) -> _SeriesKey | None:
     """The series with its study and patient, in one query, when all three are indexed as
     ``hierarchy`` says (the usual case after a series' first upload); None otherwise, and
-    ``_index_hierarchy`` creates what is missing or says what does not match. (In SQL, as
-    ``_stored_digests``.)"""
-    sql = (
-        "SELECT se.{}, st.{}, pa.{}, pa.{}, pa.{} FROM {} se JOIN {} st ON st.{} = se.{} "
-        "JOIN {} pa ON pa.{} = st.{} WHERE se.{} = %s"
-    ).format(
-        _column(Series, "pk"),
-        _column(Study, "study_instance_uid"),
-        _column(Patient, "pk"),
-        _column(Patient, "patient_id"),
-        _column(Patient, "project"),
-        _table(Series),
-        _table(Study),
-        _column(Study, "pk"),
-        _column(Series, "study"),
-        _table(Patient),
-        _column(Patient, "pk"),
-        _column(Study, "patient"),
-        _column(Series, "series_instance_uid"),
+    ``_index_hierarchy`` creates what is missing or says what does not match. (Compiled once a
+    minute, as ``_stored_digests``.)"""
+    slots = Slots()
+    uid = slots(hierarchy.series_instance_uid)
+    rows = core_sql.rows(
+        ("ingest", "indexed-series"),
+        lambda: (
+            Series.objects.filter(series_instance_uid=uid)
+            .order_by()
+            .values_list(
+                "pk",
+                "study__study_instance_uid",
+                "study__patient_id",
+                "study__patient__patient_id",
+                "study__patient__project_id",
+            )
+        ),
+        slots,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [hierarchy.series_instance_uid])
-        found = cursor.fetchone()
-    if found is None:
+    if not rows:
         return None
-    pk, study_uid, patient_pk, patient_id, project_pk = found
+    pk, study_uid, patient_pk, patient_id, project_pk = rows[0]
     # Keys as the models hold them (a UUID, where the database returns its text).
     pk, patient_pk, project_pk = (
         m._meta.pk.to_python(v)

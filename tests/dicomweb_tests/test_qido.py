@@ -212,9 +212,9 @@ def test_searches_of_one_shape_share_their_sql_and_each_finds_its_own_values(
 ):
     from collections import OrderedDict
 
-    from studies.dicomweb import selectors
+    from core import sql as core_sql
 
-    monkeypatch.setattr(selectors, "_sql_cache", OrderedDict())
+    monkeypatch.setattr(core_sql, "_cache", OrderedDict())
     store_series(project, 1, patient_id="HOSP-001", patient_name="DOE^JANE")
     store_series(project, 2, patient_id="HOSP-002", patient_name="ROE^RICH", study_date="20240301")
     client = api_client_for(reader_a)
@@ -237,7 +237,9 @@ def test_searches_of_one_shape_share_their_sql_and_each_finds_its_own_values(
     for params, expected in cases:
         found = search(client, f"{ROOT}/studies", **params)
         assert sorted(values(found, "00100020")) == expected, params
-    shapes = {key[2] for key in selectors._sql_cache if key[2][0] == "qido-studies"}
+    # Keys of the DICOMweb queries: ("dicomweb", who, project, query, database).
+    queries = [key[3] for key in core_sql._cache if key[0] == "dicomweb"]
+    shapes = {query for query in queries if query[0] == "qido-studies"}
     # One compiled query per shape, not per value: PatientID; a date range; a date; a name
     # matched by regular expression (fuzzy words and wildcards alike); a time; two keys.
     assert len(shapes) == 6
