@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--size", type=int, default=96, help="phantom in-plane size = network input"
     )
+    parser.add_argument(
+        "--network-size",
+        type=int,
+        default=None,
+        help="networks' in-plane input size, pixels (default: --size)",
+    )
     parser.add_argument("--templates", type=int, default=2)
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--epochs", type=int, default=20)
@@ -166,10 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr-decrease-every", type=int, default=5)
     parser.add_argument("--registration-spacing", type=float, default=6.0)
+    parser.add_argument(
+        "--template-margin",
+        type=float,
+        default=None,
+        help="AtlasNet templates cover their lungs and this margin, mm (default: whole field)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--real", action="store_true", help="also run on ../shared/data/real")
     parser.add_argument("--retrain", action="store_true", help="train even if models exist")
+    parser.add_argument(
+        "--train-only",
+        choices=("atlasnet", "unet"),
+        help="train this model (if missing) and stop: the two can train in parallel processes",
+    )
     args = parser.parse_args(argv)
     if args.train_seed == args.test_seed:
         parser.error("the held-out seed must differ from the training seed")
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         params=cpu_registration_params(args.registration_spacing),
     )
     common = {
-        "in_plane_size": args.size,
+        "in_plane_size": args.network_size or args.size,
         "width": args.width,
         "templates": args.templates,
         "batch_size": args.batch_size,
@@ -212,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "registration": registration,
         "device": device,
+        "template_margin_mm": args.template_margin,
     }
     reports = {}
     for model, epochs in (("atlasnet", args.epochs), ("unet", args.unet_epochs or args.epochs)):
+        if args.train_only not in (None, model):
+            continue
         folder = work / "models" / model
         if args.retrain or not (folder / "metadata.json").is_file():
             start = time.perf_counter()
@@ -223,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             timings[f"train_{model}"] = time.perf_counter() - start
         else:
             reports[model] = json.loads((folder / "metadata.json").read_text())["validation"]
+    if args.train_only:
+        return 0
 
     atlas = AtlasNetEngine.from_folder(work / "models" / "atlasnet", device=device)
     unet = UNetEngine.from_folder(work / "models" / "unet", device=device)
@@ -235,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             registration=atlas.registration,
             device=device,
             class_weights=atlas.class_weights,
+            ild_threshold=atlas.ild_threshold,
         )
         for t in range(n)
     ]

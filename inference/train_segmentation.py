@@ -5,7 +5,8 @@ Usage::
     python -m inference.train_segmentation DATASET --model {atlasnet,unet} [--out DIR]
         [--preset {cpu,paper}] [--size PX] [--width W] [--templates N] [--epochs E]
         [--batch-size B] [--lr-decrease-every E] [--seed S] [--device auto|cpu|cuda]
-        [--registration-spacing MM] [--validation-fraction F] [--timepoints baseline[,followup]]
+        [--registration-spacing MM] [--template-margin MM|none] [--validation-fraction F]
+        [--timepoints baseline[,followup]]
 
 ``DATASET`` is a phantom cohort (``python -m inference.phantoms --out DIR --patients N --seed S``)
 or a reader-contour export (``dataset.json``; format in :mod:`inference.training.datasets`).
@@ -16,9 +17,12 @@ when no ``--weights`` is given) gets the weights, AtlasNet's templates and ``met
 Presets (any option given explicitly overrides them):
 
 * ``cpu`` (default): 256 px slices, width 1/8 (8→128 channels), 2 templates, registration on a
-  6 mm grid with short iterations, 20 epochs with the learning rate lowered every 5.
+  6 mm grid with short iterations, 20 epochs with the learning rate lowered every 5; AtlasNet's
+  templates cover their lungs and 20 mm (``--template-margin``), so its 256 px fall on the
+  lungs rather than the whole field of view.
 * ``paper``: 512 px, width 1 (64→1024), 6 templates, registration on a 3 mm grid with the
-  backend's default iterations, 50 epochs lowered every 10 — a GPU workload.
+  backend's default iterations, 50 epochs lowered every 10, templates over the whole field of
+  view — a GPU workload.
 
 Exit status: 0 on success, 2 for bad arguments, 4 when the dataset cannot be used.
 """
@@ -45,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "registration_spacing_mm": 6.0,
         "registration_params": "cpu",
+        "template_margin_mm": 20.0,
     },
     "paper": {
         "in_plane_size": 512,
@@ -55,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "registration_spacing_mm": 3.0,
         "registration_params": "default",
+        "template_margin_mm": None,
     },
 }
 
@@ -79,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     parser.add_argument("--registration-spacing", type=float, default=None, help="mm")
+    parser.add_argument(
+        "--template-margin",
+        type=_margin,
+        default=None,
+        help="AtlasNet templates cover their lungs and this margin, mm; 'none': the whole field",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument(
         "--timepoints", default="baseline", help="phantom cohorts: baseline[,followup]"
@@ -86,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
+
+
+_WHOLE_FIELD = "none"
+
+
+def _margin(text: str) -> float | str:
+    if text.strip().lower() == _WHOLE_FIELD:
+        return _WHOLE_FIELD
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected millimetres or 'none', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the margin must be >= 0 mm, got {text!r}")
+    return value
 
 
 def _pick(value: Any, preset: dict[str, Any], key: str) -> Any:
@@ -112,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     spacing_mm = float(_pick(args.registration_spacing, preset, "registration_spacing_mm"))
     params = cpu_registration_params(spacing_mm) if preset["registration_params"] == "cpu" else {}
     registration = RegistrationSettings(spacing_mm=spacing_mm, params=params)
+    margin = _pick(args.template_margin, preset, "template_margin_mm")
     config = TrainConfig(
         model=args.model,
         in_plane_size=int(_pick(args.size, preset, "in_plane_size")),
@@ -124,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed=int(args.seed),
         device=device,
         registration=registration,
+        template_margin_mm=None if margin == _WHOLE_FIELD else margin,
         threads=args.threads,
     )
     return config

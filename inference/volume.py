@@ -100,6 +100,27 @@ class Volume:
             raise GeometryError(f"shape {array.shape} differs from the volume's {self.array.shape}")
         return Volume(array, self.spacing_mm, self.origin_lps_mm, self.direction)
 
+    def crop(self, start_kji: tuple[int, int, int], stop_kji: tuple[int, int, int]) -> Volume:
+        """The voxels ``[start, stop)`` per axis, their geometry unchanged in space.
+
+        Raises:
+            GeometryError: if the box is empty or leaves the array.
+        """
+        if any(
+            not 0 <= a < b <= n for a, b, n in zip(start_kji, stop_kji, self.shape_kji, strict=True)
+        ):
+            raise GeometryError(
+                f"crop [{start_kji}, {stop_kji}) does not lie inside shape {self.shape_kji}"
+            )
+        (k0, j0, i0), (k1, j1, i1) = start_kji, stop_kji
+        origin = self.index_to_lps([i0, j0, k0])
+        return Volume(
+            self.array[k0:k1, j0:j1, i0:i1],
+            self.spacing_mm,
+            (float(origin[0]), float(origin[1]), float(origin[2])),
+            self.direction,
+        )
+
     def same_grid(self, other: Volume, *, atol_mm: float = 1e-3) -> bool:
         return (
             self.array.shape == other.array.shape

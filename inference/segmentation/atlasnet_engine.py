@@ -2,8 +2,10 @@
 
 A trained AtlasNet model folder (see :mod:`inference.segmentation.weights`) holds N templates —
 CTs from the training set, each on its *template grid* (axial, LPS-oriented, the network's
-in-plane size) with its label map — and one dual-decoder network per template, trained on every
-training case registered onto that template.
+in-plane size; either the case's whole field of view or, by default on the CPU, only its lungs
+and a margin, see :func:`inference.training.train.make_template`) with its label map — and one
+dual-decoder network per template, trained on every training case registered onto that
+template. Where a case maps outside a template grid, that network votes background.
 
 ``predict(ct)``, per template ``t``:
 
@@ -158,7 +160,7 @@ class AtlasTemplate:
     """One template: CT (int16 HU) and labels (0/1/2) on the template grid.
 
     The template grid is axial, LPS-oriented, with the network's in-plane size; its slices are
-    the network's input slices.
+    the network's input slices. Its pixels need not be square.
     """
 
     ct: Volume

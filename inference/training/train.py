@@ -11,7 +11,9 @@ Following Chassagnon et al. 2020:
   validation) is registered onto every template (:func:`map_case_to_template`, the same
   registration code as inference); network ``t`` is a ``DualDecoderSegNet`` trained on the
   training cases' slices warped onto template ``t`` with :class:`AtlasNetLoss` (lung {1, 4},
-  disease {1, 65}, semantic term, all weights 1). No other augmentation.
+  disease {1, 65}, semantic term, all weights 1). No other augmentation. With
+  ``template_margin_mm`` a template grid covers only its case's lungs and that margin
+  (:func:`make_template`): the network's pixels fall on the lungs, not on the whole field.
 * **U-Net**: one ``UNet2D`` (3 classes, weights {1, 4, 65}) on every training slice resampled
   in-plane to the input size, with random rotations (±10°) and translations (up to 20 px at
   512) per slice.
@@ -65,6 +67,7 @@ from inference.segmentation.atlasnet_engine import (
     RegistrationSettings,
     TemplateMapping,
     map_case_to_template,
+    rough_lung_mask,
 )
 from inference.segmentation.metrics import dice, dice_per_slice
 from inference.segmentation.unet_engine import UNetEngine
@@ -103,6 +106,8 @@ class TrainConfig:
         unet_class_weights: U-Net class weights (background, lung, ILD).
         max_rotation_deg, max_translation_px: U-Net augmentation (translation at 512 px).
         registration: AtlasNet case-to-template registration.
+        template_margin_mm: AtlasNet template grids cover the template case's lungs and this
+            margin (:func:`make_template`); ``None``: its whole field of view.
         threads: torch CPU threads (``None``: torch's default).
         ild_thresholds: ILD probability cuts tried on the validation split; the best (median
             per-slice ILD Dice) is recorded and used by the engine (``()``: keep 0.5 / argmax).
@@ -131,6 +136,7 @@ class TrainConfig:
     max_rotation_deg: float = 10.0
     max_translation_px: float = 20.0
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    template_margin_mm: float | None = None
     threads: int | None = None
     ild_thresholds: tuple[float, ...] = (
         0.005,
@@ -153,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"in_plane_size must be a multiple of 16, got {self.in_plane_size}")
         if self.epochs < 1 or self.batch_size < 1 or self.templates < 1:
             raise ValueError("epochs, batch_size and templates must be at least 1")
+        if self.template_margin_mm is not None and self.template_margin_mm < 0:
+            raise ValueError(f"template_margin_mm must be >= 0, got {self.template_margin_mm}")
         if self.lr_decrease_every < 1 or not self.learning_rate > 0:
             raise ValueError("lr_decrease_every must be >= 1 and learning_rate > 0")
 
@@ -233,10 +241,61 @@ def case_slices(case: SegmentationCase, size: int) -> SliceSet:
     )
 
 
-def make_template(case: SegmentationCase, size: int) -> AtlasTemplate:
-    """A case on a template grid: LPS-oriented, its slices, in-plane ``size × size``."""
+def lung_box(case: SegmentationCase, margin_mm: float) -> tuple[tuple[int, int, int], ...]:
+    """``(start_kji, stop_kji)`` of the case's lungs, widened by ``margin_mm`` on every side.
+
+    The lungs are the labelled lung (1 and 2) and the air of :func:`rough_lung_mask` connected
+    to it, so a case annotated on a few slices (the 20-slice protocol stops at the right dome)
+    still gets the lung bases below its last annotated slice, and gas in the stomach does not
+    count. Clipped to the volume; the rough mask alone when no lung is labelled, the whole
+    volume when neither finds any. The case is taken LPS-oriented (:func:`canonical`).
+    """
+    from scipy import ndimage
+
     ct = canonical(case.ct).volume
-    labels = canonical(case.labels).volume
+    labelled = np.asarray(canonical(case.labels).volume.array) > 0
+    air, _ = ndimage.label(np.asarray(rough_lung_mask(ct).array) > 0)
+    touching = np.unique(air[labelled & (air > 0)])
+    lungs = labelled | np.isin(air, touching) if labelled.any() else air > 0
+    if not lungs.any():
+        return (0, 0, 0), ct.shape_kji
+    sx, sy, sz = ct.spacing_mm
+    pad = [math.ceil(margin_mm / s) for s in (sz, sy, sx)]
+    start, stop = [], []
+    for axis, n in enumerate(ct.shape_kji):
+        hit = np.flatnonzero(lungs.any(axis=tuple(a for a in range(3) if a != axis)))
+        start.append(max(0, int(hit[0]) - pad[axis]))
+        stop.append(min(n, int(hit[-1]) + 1 + pad[axis]))
+    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+def _template_view(
+    case: SegmentationCase, margin_mm: float | None
+) -> tuple[Volume, Volume, Volume]:
+    """The case's CT, labels and annotated-slice mask, LPS-oriented, cropped to
+    :func:`lung_box` (``margin_mm``; the whole field of view when ``None``)."""
+    annotated = case.ct.with_array(
+        np.broadcast_to(case.annotated[:, None, None], case.ct.shape_kji).astype(np.uint8)
+    )
+    views = [canonical(v).volume for v in (case.ct, case.labels, annotated)]
+    if margin_mm is not None:
+        box = lung_box(case, margin_mm)
+        views = [v.crop(*box) for v in views]
+    return views[0], views[1], views[2]
+
+
+def make_template(
+    case: SegmentationCase, size: int, *, margin_mm: float | None = None
+) -> AtlasTemplate:
+    """A case on a template grid: LPS-oriented, ``size × size`` in-plane.
+
+    With ``margin_mm`` the grid covers only the case's lungs and that margin (:func:`lung_box`)
+    in-plane and along the slices: every case is registered onto the template, so the network
+    needs no field of view beyond it, and its pixels are finer by the field of view's ratio to
+    the lungs'. Its pixels need not be square. ``None`` keeps the case's whole field of view
+    and slices.
+    """
+    ct, labels, _ = _template_view(case, margin_mm)
     grid = in_plane_grid(ct, (size, size))
     hu = _resize_stack(np.asarray(ct.array), (size, size), nearest=False)
     lab = _resize_stack(np.asarray(labels.array), (size, size), nearest=True)
@@ -253,17 +312,14 @@ def warped_slices(
     mapping: TemplateMapping | None,
     *,
     device: str = "cpu",
+    margin_mm: float | None = None,
 ) -> SliceSet:
-    """A case's CT, labels and annotated mask on the template grid (identity for the template's
-    own case); the resampling runs on ``device``."""
+    """A case's CT, labels and annotated mask on the template grid; the resampling runs on
+    ``device``. ``mapping`` is ``None`` for the template's own case, made with ``margin_mm``."""
     if mapping is None:
+        _, _, annotated = _template_view(case, margin_mm)
         n = template.ct.shape_kji[0]
-        annotated = canonical(
-            case.ct.with_array(
-                np.broadcast_to(case.annotated[:, None, None], case.ct.shape_kji).astype(np.uint8)
-            )
-        ).volume.array
-        per_slice = np.asarray(annotated).reshape(n, -1).max(axis=1) > 0
+        per_slice = np.asarray(annotated.array).reshape(n, -1).max(axis=1) > 0
         valid = np.broadcast_to(per_slice[:, None, None], template.ct.shape_kji).copy()
         return SliceSet(
             np.asarray(template.ct.array, np.int16), np.asarray(template.labels.array), valid
@@ -559,7 +615,7 @@ def train_atlasnet(
         f"templates {[c.case_id for c in sources]}"
     )
     for t, source in enumerate(sources):
-        template = make_template(source, size)
+        template = make_template(source, size, margin_mm=config.template_margin_mm)
         coarse = template.coarse(config.registration.spacing_mm)
         train_parts, val_parts = [], []
         start = time.perf_counter()
@@ -577,7 +633,9 @@ def train_atlasnet(
                     f"template {t} ({source.case_id}) <- {case.case_id}: registered in "
                     f"{mapping.registration.timings_s.get('total', 0.0):.1f} s"
                 )
-            part = warped_slices(case, template, mapping, device=config.device)
+            part = warped_slices(
+                case, template, mapping, device=config.device, margin_mm=config.template_margin_mm
+            )
             if case in validation:
                 assert mapping is not None
                 val_mappings[case.case_id].append(mapping)

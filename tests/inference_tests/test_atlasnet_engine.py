@@ -30,6 +30,7 @@ from inference.registration.fields import (
 from inference.segmentation import get_engine
 from inference.segmentation.atlasnet_engine import (
     AtlasNetEngine,
+    AtlasTemplate,
     RegistrationSettings,
     _majority,
     _warp_through,
@@ -89,14 +90,16 @@ class LeftHalfUNet(nn.Module):
         return torch.cat([zeros, left, zeros - 10.0], 1)
 
 
-def _case(seed: int, extent: float = 15.0) -> SegmentationCase:
-    phantom = make_phantom(seed=seed, shape_kji=(12, SIZE, SIZE), extent_pct=extent)
+def _case(
+    seed: int, extent: float = 15.0, shape_kji: tuple[int, int, int] = (12, SIZE, SIZE)
+) -> SegmentationCase:
+    phantom = make_phantom(seed=seed, shape_kji=shape_kji, extent_pct=extent)
     return SegmentationCase(
         case_id=f"s{seed}",
         group=f"s{seed}",
         ct=phantom.ct,
         labels=phantom.labels,
-        annotated=np.ones(12, bool),
+        annotated=np.ones(shape_kji[0], bool),
     )
 
 
@@ -561,3 +564,33 @@ def test_the_ild_cut_is_read_from_the_model_folder(
     assert AtlasNetEngine.from_folder(atlas).ild_threshold == 0.5
     _rewrite(atlas, lambda d: d.update(training={"ild_threshold": {"value": 0.35}}))
     assert AtlasNetEngine.from_folder(atlas).ild_threshold == 0.35
+
+
+def test_a_template_cut_to_its_lungs_sees_nothing_beyond_them() -> None:
+    """A network that calls lung everywhere, on a template cut to its lungs and 10 mm: the
+    case's lungs are all inside what comes back, nothing well outside the case's own lung box
+    is (the whole-field template reaches it)."""
+    from inference.training.train import lung_box
+
+    template_case, case = (_case(seed, shape_kji=(24, 64, 64)) for seed in (31, 32))
+    truth = np.asarray(case.labels.array) > 0
+    (k0, j0, i0), (k1, j1, i1) = lung_box(case, 30.0)
+    outside = np.ones(truth.shape, bool)
+    outside[k0:k1, j0:j1, i0:i1] = False
+    assert outside.sum() > 0.2 * outside.size
+
+    def lung_called(template: AtlasTemplate) -> np.ndarray:
+        engine = AtlasNetEngine(
+            [ConstantSegNet()],
+            [template],
+            input_spec=SPEC,
+            registration=REGISTRATION,
+            restrict_to_body=False,
+        )
+        return np.asarray(engine.predict(case.ct).label_map.array) > 0
+
+    whole = lung_called(make_template(template_case, SIZE))
+    cut = lung_called(make_template(template_case, SIZE, margin_mm=10.0))
+    assert cut[truth].mean() > 0.99
+    assert whole[outside].mean() > 0.5
+    assert cut[outside].mean() < 0.01

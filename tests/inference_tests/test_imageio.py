@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from inference.dicom import DicomSeriesError
 from inference.imageio import ImageIOError, read_image, write_image
-from inference.volume import Volume
+from inference.volume import GeometryError, Volume
 from tests.inference_tests.dicom_factory import make_ct_series, random_hu, write_series
 
 
@@ -141,3 +141,26 @@ def test_popi_survives_a_nifti_round_trip(real_data: Callable[[str], Path], tmp_
 
     assert read.same_grid(volume, atol_mm=1e-4)
     np.testing.assert_array_equal(read.array, volume.array)
+
+
+def test_a_crop_keeps_every_voxel_where_it_was_in_space() -> None:
+    volume = _oblique_volume()
+
+    part = volume.crop((1, 2, 3), (4, 6, 8))
+
+    assert part.shape_kji == (3, 4, 5)
+    np.testing.assert_array_equal(part.array, volume.array[1:4, 2:6, 3:8])
+    ijk = np.array([[0, 0, 0], [4, 3, 2], [2, 1, 1]], dtype=np.float64)
+    np.testing.assert_allclose(
+        part.index_to_lps(ijk), volume.index_to_lps(ijk + np.array([3.0, 2.0, 1.0])), atol=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "stop"), [((0, 0, 0), (0, 7, 9)), ((0, 0, 0), (6, 7, 9)), ((-1, 0, 0), (5, 7, 9))]
+)
+def test_an_empty_or_outside_crop_is_refused(
+    start: tuple[int, int, int], stop: tuple[int, int, int]
+) -> None:
+    with pytest.raises(GeometryError, match="does not lie inside"):
+        _oblique_volume().crop(start, stop)

@@ -188,8 +188,9 @@ def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = tmp_path_factory.mktemp("models")
     dataset = load_dataset(cohort)
     for model in ("atlasnet", "unet"):
-        train_model(dataset, tiny_config(model), out / model, log=lambda _: None)
-    return {"atlasnet": out / "atlasnet", "unet": out / "unet", "root": out}
+        config = tiny_config(model, template_margin_mm=10.0 if model == "atlasnet" else None)
+        train_model(dataset, config, out / model, log=lambda _: None)
+    return {"atlasnet": out / "atlasnet", "unet": out / "unet", "root": out, "cohort": cohort}
 
 
 @pytest.mark.parametrize("model", ["atlasnet", "unet"])
@@ -208,6 +209,11 @@ def test_training_writes_weights_and_metadata(trained: dict[str, Path], model: s
         assert len(data["templates"]) == 2
         assert data["registration"]["spacing_mm"] == 12.0
         assert len(data["validation"]["per_template"]) == 2
+        # The templates were cut to their lungs and 10 mm: finer pixels than the cases'.
+        assert data["training"]["config"]["template_margin_mm"] == 10.0
+        case_spacing = load_dataset(trained["cohort"]).cases[0].ct.spacing_mm
+        for template in AtlasNetEngine.from_folder(folder).templates:
+            assert template.ct.spacing_mm[0] < case_spacing[0]
     # The ILD cut chosen on the validation split is recorded, with the Dice of every cut tried,
     # and the engine loaded from the folder uses it.
     cut = data["training"]["ild_threshold"]
@@ -307,3 +313,73 @@ def test_only_annotated_slices_are_trained_on(cohort: Path, tmp_path: Path) -> N
     template = make_template(partial, 32)
     own = warped_slices(partial, template, None)
     assert own.valid.any(axis=(1, 2)).tolist() == partial.annotated.tolist()
+    # On a template cropped to the lungs, the same slices, where the crop keeps them.
+    from inference.training.train import lung_box
+
+    (k0, _, _), (k1, _, _) = lung_box(partial, 10.0)
+    cropped = make_template(partial, 32, margin_mm=10.0)
+    own = warped_slices(partial, cropped, None, margin_mm=10.0)
+    assert own.valid.any(axis=(1, 2)).tolist() == partial.annotated[k0:k1].tolist()
+
+
+def test_a_template_grid_covers_its_lungs_and_the_margin(cohort: Path) -> None:
+    from inference.training.train import lung_box, make_template
+
+    case = load_dataset(cohort).cases[0]
+    whole = make_template(case, 32)
+    boxed = make_template(case, 32, margin_mm=10.0)
+
+    # The same 32 x 32 pixels over a smaller field: finer in both directions, never coarser
+    # along the slices.
+    assert boxed.ct.shape_kji[1:] == whole.ct.shape_kji[1:] == (32, 32)
+    assert boxed.ct.spacing_mm[0] < whole.ct.spacing_mm[0]
+    assert boxed.ct.spacing_mm[1] < whole.ct.spacing_mm[1]
+    assert boxed.ct.shape_kji[0] <= whole.ct.shape_kji[0]
+    # Every lung voxel of the case falls inside the template grid, at least the margin from
+    # its edge where the case's own field of view allows it.
+    lung_kji = np.argwhere(np.asarray(case.labels.array) > 0)
+    points = case.labels.index_to_lps(lung_kji[:, ::-1].astype(np.float64))
+    inside = boxed.ct.lps_to_index(points)
+    n_i, n_j, n_k = boxed.ct.shape_kji[::-1]
+    assert (inside >= -0.5).all() and (inside <= np.array([n_i, n_j, n_k]) - 0.5).all()
+    start, stop = lung_box(case, 10.0)
+    assert all(a >= 0 for a in start) and all(
+        b <= n for b, n in zip(stop, case.ct.shape_kji, strict=True)
+    )
+    # The template's lung is the case's lung, resampled.
+    case_ml = np.count_nonzero(np.asarray(case.labels.array)) * case.labels.voxel_volume_ml
+    boxed_ml = np.count_nonzero(np.asarray(boxed.labels.array)) * boxed.labels.voxel_volume_ml
+    assert boxed_ml == pytest.approx(case_ml, rel=0.05)
+
+
+def test_the_lung_box_reaches_below_the_last_annotated_slice(cohort: Path, tmp_path: Path) -> None:
+    from inference.training.train import lung_box
+
+    case = load_dataset(cohort).cases[0]
+    write_contour_export(tmp_path / "p", [ExportCase("c1", case.ct, case.labels, [2, 3])])
+    partial = load_dataset(tmp_path / "p").cases[0]
+    # Contours on slices 2-3 only: the CT's own air still places the lungs on the other slices.
+    assert lung_box(partial, 0.0) == lung_box(case, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "margin"),
+    [
+        ([], 20.0),
+        (["--preset", "paper"], None),
+        (["--template-margin", "none"], None),
+        (["--preset", "paper", "--template-margin", "12.5"], 12.5),
+    ],
+)
+def test_the_cli_sets_the_template_margin_from_its_preset_or_option(
+    argv: list[str], margin: float | None
+) -> None:
+    args = train_segmentation.build_parser().parse_args(["data", "--device", "cpu", *argv])
+    assert train_segmentation.config_from_args(args).template_margin_mm == margin
+
+
+def test_the_cli_refuses_a_negative_template_margin(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        train_segmentation.build_parser().parse_args(["data", "--template-margin", "-1"])
+    assert stop.value.code == 2
+    assert "must be >= 0 mm" in capsys.readouterr().err
