@@ -10,9 +10,11 @@
 1. Writes a training phantom cohort (``--train-seed``) and a held-out cohort (``--test-seed``,
    never used in training) with ``inference.phantoms.write_cohort``.
 2. Trains AtlasNet (CPU configuration: ``--templates`` templates, width ``--width``, registration
-   on a ``--registration-spacing`` mm grid) and the U-Net comparator (same width, the paper's
-   augmentation) with ``inference.training.train_model`` — the code behind
-   ``python -m inference.train_segmentation``.
+   on a ``--registration-spacing`` mm grid, templates over their lungs and ``--template-margin``
+   mm) and the U-Net comparator (same width and input size, the paper's augmentation) with
+   ``inference.training.train_model`` — the code behind ``python -m inference.train_segmentation``.
+   ``--train-only MODEL`` trains one of them and stops, so the two can train in parallel
+   processes before a last run evaluates.
 3. Segments every held-out CT with the classical engine, AtlasNet (the N-network majority vote,
    and each of its networks alone, reusing the same registrations) and the U-Net, and prints the
    paper's Table 2 layout with the phantom truth as the first reader and each engine as a
@@ -53,6 +55,7 @@ from inference.segmentation.atlasnet_engine import (
 from inference.segmentation.classical import segment as classical_segment
 from inference.segmentation.metrics import dice, dice_per_slice
 from inference.segmentation.unet_engine import UNetEngine
+from inference.train_segmentation import WHOLE_FIELD, template_margin
 from inference.training.datasets import load_dataset
 from inference.training.train import TrainConfig, train_model
 
@@ -174,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registration-spacing", type=float, default=6.0)
     parser.add_argument(
         "--template-margin",
-        type=float,
-        default=None,
-        help="AtlasNet templates cover their lungs and this margin, mm (default: whole field)",
+        type=template_margin,
+        default=20.0,
+        help="AtlasNet templates cover their lungs and this margin, mm, as the CPU preset's "
+        "(default 20); 'none': the whole field of view",
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "registration": registration,
         "device": device,
-        "template_margin_mm": args.template_margin,
+        "template_margin_mm": None if args.template_margin == WHOLE_FIELD else args.template_margin,
     }
     reports = {}
     for model, epochs in (("atlasnet", args.epochs), ("unet", args.unet_epochs or args.epochs)):

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registration-spacing", type=float, default=None, help="mm")
     parser.add_argument(
         "--template-margin",
-        type=_margin,
+        type=template_margin,
         default=None,
         help="AtlasNet templates cover their lungs and this margin, mm; 'none': the whole field",
     )
@@ -100,12 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_WHOLE_FIELD = "none"
+WHOLE_FIELD = "none"
 
 
-def _margin(text: str) -> float | str:
-    if text.strip().lower() == _WHOLE_FIELD:
-        return _WHOLE_FIELD
+def template_margin(text: str) -> float | str:
+    """``--template-margin``: millimetres (>= 0), or ``none`` for the whole field of view."""
+    if text.strip().lower() == WHOLE_FIELD:
+        return WHOLE_FIELD
     try:
         value = float(text)
     except ValueError:
@@ -152,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed=int(args.seed),
         device=device,
         registration=registration,
-        template_margin_mm=None if margin == _WHOLE_FIELD else margin,
+        template_margin_mm=None if margin == WHOLE_FIELD else margin,
         threads=args.threads,
     )
     return config

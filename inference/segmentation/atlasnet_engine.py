@@ -665,7 +665,7 @@ class AtlasNetEngine:
             )
             timings["map_back"] += time.perf_counter() - t
         t = time.perf_counter()
-        labels = self._decide(ct, vote_grid, votes.counts(), n)
+        labels = self._decide(ct, votes.counts(), n)
         timings["vote"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         result = SegmentationResult.from_label_map(
@@ -747,12 +747,11 @@ class AtlasNetEngine:
         votes = _Votes(grid.shape_kji, len(probabilities))
         for values in probabilities:
             votes.consumer(ild_threshold)(0, values.shape[0], values)
-        return self._decide(ct, grid, votes.counts(), len(probabilities))
+        return self._decide(ct, votes.counts(), len(probabilities))
 
     def _decide(
         self,
         ct: Volume,
-        vote_grid: Volume,
         counts: tuple[
             npt.NDArray[np.uint8],
             npt.NDArray[np.uint8],
@@ -765,13 +764,9 @@ class AtlasNetEngine:
         lung_votes, ild_votes, lung_sum, ild_sum = counts
         n_k, n_j, n_i = ct.shape_kji
         hu = np.asarray(ct.array)
-        inside = None
-        if self.restrict_to_body:
-            small = np.empty(vote_grid.shape_kji, np.float32)
-            for k0 in range(0, n_k, 32):
-                block = torch.from_numpy(hu[k0 : k0 + 32].astype(np.float32))[:, None]
-                small[k0 : k0 + 32] = resize_slices(block, vote_grid.shape_kji[1:])[:, 0].numpy()
-            inside = body_mask(small)
+        # On the CT's own voxels: a body mask taken on the coarser vote grid lets lung through
+        # at the skin, where averaging lifts air next to tissue above the threshold.
+        inside = body_mask(hu) if self.restrict_to_body else None
         labels = np.zeros((n_k, n_j, n_i), np.uint8)
         arrays = [a for a in (lung_votes, ild_votes, lung_sum, ild_sum) if a is not None]
         for k0 in range(0, n_k, 16):
@@ -782,10 +777,8 @@ class AtlasNetEngine:
             lung = _majority(up[:, 0], sums[0], n)
             ild = _majority(up[:, 1], sums[1], n) & lung
             if inside is not None:
-                body = torch.from_numpy(inside[k0:k1].astype(np.float32))[:, None]
-                keep = resize_slices(body, (n_j, n_i), mode="nearest")[:, 0].numpy() > 0.5
-                lung &= keep
-                ild &= keep
+                lung &= inside[k0:k1]
+                ild &= inside[k0:k1]
             labels[k0:k1] = np.where(ild, ILD, np.where(lung, LUNG, 0))
         return labels
 

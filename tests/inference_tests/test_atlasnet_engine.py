@@ -594,3 +594,22 @@ def test_a_template_cut_to_its_lungs_sees_nothing_beyond_them() -> None:
     assert cut[truth].mean() > 0.99
     assert whole[outside].mean() > 0.5
     assert cut[outside].mean() < 0.01
+
+
+def test_no_lung_is_called_outside_the_body_of_a_ct_finer_than_the_vote_grid() -> None:
+    """A network that calls lung everywhere: what is left is the body, on the CT's own voxels
+    (the 64 px CT is voted on a 48 px grid)."""
+    from inference.networks.slicewise import body_mask
+
+    template_case, case = (_case(seed, shape_kji=(12, 64, 64)) for seed in (31, 32))
+    engine = AtlasNetEngine(
+        [ConstantSegNet()],
+        [make_template(template_case, SIZE)],
+        input_spec=SPEC,
+        registration=REGISTRATION,
+    )
+    assert engine.vote_grid(case.ct).shape_kji[1:] == (SIZE, SIZE)
+    lung = np.asarray(engine.predict(case.ct).label_map.array) > 0
+    body = body_mask(np.asarray(case.ct.array))
+    assert not lung[~body].any()
+    assert lung[body].mean() > 0.9
