@@ -29,7 +29,8 @@ The "per 400 slices" column scales the slice-wise work to 400 slices and keeps t
 ``--slices 400``.
 
 Network weights are random (speed does not depend on them); templates are the benchmark CT
-itself resampled to the template grid. Peak memory is the child process' maximum RSS
+itself resampled to the template grid (for the CPU configurations, its lungs and 20 mm, as the
+CPU preset's). Peak memory is the child process' maximum RSS
 (``VmHWM``), with its RSS after loading the CT and the engine for reference. Besides the
 wall-clock seconds, each row gives the process' CPU seconds (``time.process_time``), which do
 not depend on what else runs on a shared machine.
@@ -132,27 +133,29 @@ def make_models(work: Path, ct: Volume) -> None:
         AtlasTemplate,
         RegistrationSettings,
         cpu_registration_params,
+        rough_lung_mask,
     )
     from inference.segmentation.weights import InputSpec, ModelMetadata, save_model
     from inference.training.datasets import SegmentationCase
     from inference.training.train import make_template
 
     torch.manual_seed(0)
-    rough = (np.asarray(ct.array) < -400).astype(np.uint8)  # labels only shape the template mask
+    # The labels only shape the template: its lung mask, and (CPU preset) the box it covers.
+    rough = np.asarray(rough_lung_mask(ct).array).astype(np.uint8)
     case = SegmentationCase(
         "bench", "bench", ct, ct.with_array(rough), np.ones(ct.shape_kji[0], bool)
     )
-    for name, size, width, n, spacing, params in (
-        ("atlasnet-cpu", 256, 0.125, 2, 6.0, cpu_registration_params(6.0)),
-        ("atlasnet-cpu-6", 256, 0.125, 6, 6.0, cpu_registration_params(6.0)),
-        ("atlasnet-cpu-w4", 256, 0.25, 2, 6.0, cpu_registration_params(6.0)),
-        ("atlasnet-cpu-w2", 256, 0.5, 2, 6.0, cpu_registration_params(6.0)),
-        ("atlasnet-paper", 512, 1.0, 6, 3.0, {}),
+    for name, size, width, n, spacing, params, margin in (
+        ("atlasnet-cpu", 256, 0.125, 2, 6.0, cpu_registration_params(6.0), 20.0),
+        ("atlasnet-cpu-6", 256, 0.125, 6, 6.0, cpu_registration_params(6.0), 20.0),
+        ("atlasnet-cpu-w4", 256, 0.25, 2, 6.0, cpu_registration_params(6.0), 20.0),
+        ("atlasnet-cpu-w2", 256, 0.5, 2, 6.0, cpu_registration_params(6.0), 20.0),
+        ("atlasnet-paper", 512, 1.0, 6, 3.0, {}, None),
     ):
         folder = work / "models" / name
         if (folder / "metadata.json").is_file():
             continue
-        template: AtlasTemplate = make_template(case, size)
+        template: AtlasTemplate = make_template(case, size, margin_mm=margin)
         entries = [
             {"ct": f"t{t}_ct.nii.gz", "labels": f"t{t}_labels.nii.gz", "network": f"n{t}.pt"}
             for t in range(n)
