@@ -100,22 +100,26 @@ class Volume:
             raise GeometryError(f"shape {array.shape} differs from the volume's {self.array.shape}")
         return Volume(array, self.spacing_mm, self.origin_lps_mm, self.direction)
 
-    def crop(self, start_kji: tuple[int, int, int], stop_kji: tuple[int, int, int]) -> Volume:
-        """The voxels ``[start, stop)`` per axis, their geometry unchanged in space.
+    def crop(self, box_kji: tuple[slice, slice, slice]) -> Volume:
+        """A contiguous copy of the voxels ``array[box_kji]`` (unit-step slices), their geometry
+        unchanged in space.
 
         Raises:
             GeometryError: if the box is empty or leaves the array.
         """
+        bounds = [
+            (b.start or 0, n if b.stop is None else b.stop, b.step)
+            for b, n in zip(box_kji, self.shape_kji, strict=True)
+        ]
         if any(
-            not 0 <= a < b <= n for a, b, n in zip(start_kji, stop_kji, self.shape_kji, strict=True)
+            step not in (None, 1) or not 0 <= a < b <= n
+            for (a, b, step), n in zip(bounds, self.shape_kji, strict=True)
         ):
-            raise GeometryError(
-                f"crop [{start_kji}, {stop_kji}) does not lie inside shape {self.shape_kji}"
-            )
-        (k0, j0, i0), (k1, j1, i1) = start_kji, stop_kji
+            raise GeometryError(f"crop {box_kji} does not lie inside shape {self.shape_kji}")
+        (k0, _, _), (j0, _, _), (i0, _, _) = bounds
         origin = self.index_to_lps([i0, j0, k0])
         return Volume(
-            self.array[k0:k1, j0:j1, i0:i1],
+            np.ascontiguousarray(self.array[box_kji]),
             self.spacing_mm,
             (float(origin[0]), float(origin[1]), float(origin[2])),
             self.direction,

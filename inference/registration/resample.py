@@ -114,6 +114,25 @@ def resample_to_grid(
     return Volume.from_sitk(resampled)
 
 
+def mask_box(mask: Volume, *, margin_mm: float = 10.0) -> tuple[slice, slice, slice]:
+    """The ``[k, j, i]`` bounding box of ``mask != 0`` plus ``margin_mm``, clipped to the grid.
+
+    Raises:
+        ValueError: if the mask is empty.
+    """
+    nonzero = np.nonzero(mask.array)
+    if nonzero[0].size == 0:
+        raise ValueError("mask is empty")
+    spacing_kji = mask.spacing_mm[::-1]
+    slices = []
+    for axis, n in enumerate(mask.shape_kji):
+        pad = math.ceil(margin_mm / spacing_kji[axis])
+        lo = max(0, int(nonzero[axis].min()) - pad)
+        hi = min(n, int(nonzero[axis].max()) + pad + 1)
+        slices.append(slice(lo, hi))
+    return (slices[0], slices[1], slices[2])
+
+
 def crop_to_mask(
     volume: Volume, mask: Volume, *, margin_mm: float = 10.0
 ) -> tuple[Volume, tuple[slice, slice, slice]]:
@@ -121,33 +140,15 @@ def crop_to_mask(
 
     Returns:
         The cropped Volume (origin moved accordingly) and the ``[k, j, i]`` slices used, so the
-        same crop can be applied to other volumes on the grid.
+        same crop can be applied to other volumes on the grid (:meth:`Volume.crop`).
 
     Raises:
         ValueError: if the mask is empty or not on the volume's grid.
     """
     if not mask.same_grid(volume):
         raise ValueError("mask must lie on the volume's grid")
-    nonzero = np.nonzero(mask.array)
-    if nonzero[0].size == 0:
-        raise ValueError("mask is empty")
-    spacing_kji = volume.spacing_mm[::-1]
-    slices = []
-    for axis, n in enumerate(volume.shape_kji):
-        pad = math.ceil(margin_mm / spacing_kji[axis])
-        lo = max(0, int(nonzero[axis].min()) - pad)
-        hi = min(n, int(nonzero[axis].max()) + pad + 1)
-        slices.append(slice(lo, hi))
-    box = (slices[0], slices[1], slices[2])
-    start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
-    origin = volume.index_to_lps(start_ijk)
-    cropped = Volume(
-        np.ascontiguousarray(volume.array[box]),
-        volume.spacing_mm,
-        (float(origin[0]), float(origin[1]), float(origin[2])),
-        volume.direction,
-    )
-    return cropped, box
+    box = mask_box(mask, margin_mm=margin_mm)
+    return volume.crop(box), box
 
 
 def dilate_mask(mask: Volume, radius_mm: float) -> Volume:

@@ -61,6 +61,7 @@ from inference.networks.slicewise import (
     resize_slices,
 )
 from inference.networks.unet import UNet2D
+from inference.registration.resample import mask_box
 from inference.segmentation.atlasnet_engine import (
     AtlasNetEngine,
     AtlasTemplate,
@@ -229,10 +230,7 @@ def case_slices(case: SegmentationCase, size: int) -> SliceSet:
     """A case's slices, LPS-oriented and resampled in-plane to ``size × size`` (U-Net input)."""
     view = canonical(case.ct)
     labels = canonical(case.labels).volume.array
-    valid_volume = case.ct.with_array(
-        np.broadcast_to(case.annotated[:, None, None], case.ct.shape_kji).astype(np.uint8)
-    )
-    valid = canonical(valid_volume).volume.array
+    valid = canonical(_annotated_volume(case)).volume.array
     hu = _resize_stack(np.asarray(view.volume.array), (size, size), nearest=False)
     return SliceSet(
         hu=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
@@ -241,47 +239,40 @@ def case_slices(case: SegmentationCase, size: int) -> SliceSet:
     )
 
 
-def lung_box(case: SegmentationCase, margin_mm: float) -> tuple[tuple[int, int, int], ...]:
-    """``(start_kji, stop_kji)`` of the case's lungs, widened by ``margin_mm`` on every side.
-
-    The lungs are the labelled lung (1 and 2) and the air of :func:`rough_lung_mask` connected
-    to it, so a case annotated on a few slices (the 20-slice protocol stops at the right dome)
-    still gets the lung bases below its last annotated slice, and gas in the stomach does not
-    count. Clipped to the volume; the rough mask alone when no lung is labelled, the whole
-    volume when neither finds any. The case is taken LPS-oriented (:func:`canonical`).
-    """
+def _lungs(ct: Volume, labels: Volume) -> Volume:
+    """The labelled lung (1 and 2) and the air of :func:`rough_lung_mask` connected to it
+    (uint8), so a case annotated on a few slices (the 20-slice protocol stops at the right dome)
+    still has its lung bases, and gas in the stomach does not count; the rough mask alone when
+    no lung is labelled."""
     from scipy import ndimage
 
-    ct = canonical(case.ct).volume
-    labelled = np.asarray(canonical(case.labels).volume.array) > 0
+    labelled = np.asarray(labels.array) > 0
     air, _ = ndimage.label(np.asarray(rough_lung_mask(ct).array) > 0)
     touching = np.unique(air[labelled & (air > 0)])
     lungs = labelled | np.isin(air, touching) if labelled.any() else air > 0
-    if not lungs.any():
-        return (0, 0, 0), ct.shape_kji
-    sx, sy, sz = ct.spacing_mm
-    pad = [math.ceil(margin_mm / s) for s in (sz, sy, sx)]
-    start, stop = [], []
-    for axis, n in enumerate(ct.shape_kji):
-        hit = np.flatnonzero(lungs.any(axis=tuple(a for a in range(3) if a != axis)))
-        start.append(max(0, int(hit[0]) - pad[axis]))
-        stop.append(min(n, int(hit[-1]) + 1 + pad[axis]))
-    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+    return ct.with_array(lungs.astype(np.uint8))
 
 
-def _template_view(
-    case: SegmentationCase, margin_mm: float | None
-) -> tuple[Volume, Volume, Volume]:
-    """The case's CT, labels and annotated-slice mask, LPS-oriented, cropped to
-    :func:`lung_box` (``margin_mm``; the whole field of view when ``None``)."""
-    annotated = case.ct.with_array(
+def lung_box(case: SegmentationCase, margin_mm: float) -> tuple[slice, slice, slice]:
+    """The ``[k, j, i]`` box of the case's lungs (:func:`_lungs`), LPS-oriented
+    (:func:`canonical`), widened by ``margin_mm`` and clipped; the whole volume when no lung is
+    found."""
+    ct, labels = canonical(case.ct).volume, canonical(case.labels).volume
+    return _lung_box(ct, labels, margin_mm)
+
+
+def _lung_box(ct: Volume, labels: Volume, margin_mm: float) -> tuple[slice, slice, slice]:
+    lungs = _lungs(ct, labels)
+    if not np.any(lungs.array):
+        return (slice(None), slice(None), slice(None))
+    return mask_box(lungs, margin_mm=margin_mm)
+
+
+def _annotated_volume(case: SegmentationCase) -> Volume:
+    """The case's annotated slices as a uint8 volume on its grid."""
+    return case.ct.with_array(
         np.broadcast_to(case.annotated[:, None, None], case.ct.shape_kji).astype(np.uint8)
     )
-    views = [canonical(v).volume for v in (case.ct, case.labels, annotated)]
-    if margin_mm is not None:
-        box = lung_box(case, margin_mm)
-        views = [v.crop(*box) for v in views]
-    return views[0], views[1], views[2]
 
 
 def make_template(
@@ -295,7 +286,10 @@ def make_template(
     the lungs'. Its pixels need not be square. ``None`` keeps the case's whole field of view
     and slices.
     """
-    ct, labels, _ = _template_view(case, margin_mm)
+    ct, labels = canonical(case.ct).volume, canonical(case.labels).volume
+    if margin_mm is not None:
+        box = _lung_box(ct, labels, margin_mm)
+        ct, labels = ct.crop(box), labels.crop(box)
     grid = in_plane_grid(ct, (size, size))
     hu = _resize_stack(np.asarray(ct.array), (size, size), nearest=False)
     lab = _resize_stack(np.asarray(labels.array), (size, size), nearest=True)
@@ -312,24 +306,25 @@ def warped_slices(
     mapping: TemplateMapping | None,
     *,
     device: str = "cpu",
-    margin_mm: float | None = None,
 ) -> SliceSet:
-    """A case's CT, labels and annotated mask on the template grid; the resampling runs on
-    ``device``. ``mapping`` is ``None`` for the template's own case, made with ``margin_mm``."""
+    """A case's CT, labels and annotated mask on the template grid (identity for the template's
+    own case, whose slices the template holds from its first one on); the resampling runs on
+    ``device``."""
     if mapping is None:
-        _, _, annotated = _template_view(case, margin_mm)
+        annotated = canonical(_annotated_volume(case)).volume
         n = template.ct.shape_kji[0]
-        per_slice = np.asarray(annotated.array).reshape(n, -1).max(axis=1) > 0
+        k0 = round(float(annotated.lps_to_index(template.ct.origin_lps_mm)[2]))
+        per_slice = np.asarray(annotated.array[k0 : k0 + n]).reshape(n, -1).max(axis=1) > 0
         valid = np.broadcast_to(per_slice[:, None, None], template.ct.shape_kji).copy()
         return SliceSet(
             np.asarray(template.ct.array, np.int16), np.asarray(template.labels.array), valid
         )
     hu = mapping.case_to_template(case.ct, default_value=-1024.0, device=device)
     labels = mapping.case_to_template(case.labels, interpolation="nearest", device=device)
-    annotated_volume = case.ct.with_array(
-        np.broadcast_to(case.annotated[:, None, None], case.ct.shape_kji).astype(np.uint8)
+    valid = (
+        mapping.case_to_template(_annotated_volume(case), interpolation="nearest", device=device)
+        > 0.5
     )
-    valid = mapping.case_to_template(annotated_volume, interpolation="nearest", device=device) > 0.5
     return SliceSet(
         hu=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
         labels=np.rint(labels).astype(np.uint8),
@@ -633,9 +628,7 @@ def train_atlasnet(
                     f"template {t} ({source.case_id}) <- {case.case_id}: registered in "
                     f"{mapping.registration.timings_s.get('total', 0.0):.1f} s"
                 )
-            part = warped_slices(
-                case, template, mapping, device=config.device, margin_mm=config.template_margin_mm
-            )
+            part = warped_slices(case, template, mapping, device=config.device)
             if case in validation:
                 assert mapping is not None
                 val_mappings[case.case_id].append(mapping)

@@ -316,10 +316,10 @@ def test_only_annotated_slices_are_trained_on(cohort: Path, tmp_path: Path) -> N
     # On a template cropped to the lungs, the same slices, where the crop keeps them.
     from inference.training.train import lung_box
 
-    (k0, _, _), (k1, _, _) = lung_box(partial, 10.0)
+    kept, _, _ = lung_box(partial, 10.0)
     cropped = make_template(partial, 32, margin_mm=10.0)
-    own = warped_slices(partial, cropped, None, margin_mm=10.0)
-    assert own.valid.any(axis=(1, 2)).tolist() == partial.annotated[k0:k1].tolist()
+    own = warped_slices(partial, cropped, None)
+    assert own.valid.any(axis=(1, 2)).tolist() == partial.annotated[kept].tolist()
 
 
 def test_a_template_grid_covers_its_lungs_and_the_margin(cohort: Path) -> None:
@@ -342,9 +342,9 @@ def test_a_template_grid_covers_its_lungs_and_the_margin(cohort: Path) -> None:
     inside = boxed.ct.lps_to_index(points)
     n_i, n_j, n_k = boxed.ct.shape_kji[::-1]
     assert (inside >= -0.5).all() and (inside <= np.array([n_i, n_j, n_k]) - 0.5).all()
-    start, stop = lung_box(case, 10.0)
-    assert all(a >= 0 for a in start) and all(
-        b <= n for b, n in zip(stop, case.ct.shape_kji, strict=True)
+    box = lung_box(case, 10.0)
+    assert all(b.start >= 0 for b in box) and all(
+        b.stop <= n for b, n in zip(box, case.ct.shape_kji, strict=True)
     )
     # The template's lung is the case's lung, resampled.
     case_ml = np.count_nonzero(np.asarray(case.labels.array)) * case.labels.voxel_volume_ml
