@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from inference.networks.atlasnet import UPSAMPLING_MODES
 from inference.phantoms import write_cohort
 from inference.segmentation.atlasnet_engine import (
     AtlasNetEngine,
@@ -57,7 +58,7 @@ from inference.segmentation.metrics import dice, dice_per_slice
 from inference.segmentation.unet_engine import UNetEngine
 from inference.train_segmentation import WHOLE_FIELD, template_margin
 from inference.training.datasets import load_dataset
-from inference.training.train import TrainConfig, train_model
+from inference.training.train import ModelName, TrainConfig, train_model
 
 
 def _log(message: str) -> None:
@@ -75,6 +76,20 @@ def _median_iqr(values: list[float]) -> dict[str, float]:
         "min": float(a.min()),
         "n": int(a.size),
     }
+
+
+def changed_options(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The training options of ``config`` that a model folder's recorded config lacks or
+    holds another value for (where the run executes, device and threads, aside)."""
+    wanted = json.loads(json.dumps(config.as_dict()))
+    return sorted(
+        key
+        for key, value in wanted.items()
+        if key not in ("device", "threads") and recorded.get(key, _MISSING) != value
+    )
+
+
+_MISSING = object()
 
 
 def _fmt(stat: dict[str, float], digits: int = 2) -> str:
@@ -170,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--templates", type=int, default=2)
     parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument(
+        "--decoder-upsampling",
+        choices=UPSAMPLING_MODES,
+        default="indices",
+        help="AtlasNet decoders: SegNet's pooling indices or the paper's nearest upsampling",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--unet-epochs", type=int, default=None, help="default: --epochs")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -236,17 +257,33 @@ def main(argv: list[str] | None = None) -> int:
         "template_margin_mm": None if args.template_margin == WHOLE_FIELD else args.template_margin,
     }
     reports = {}
-    for model, epochs in (("atlasnet", args.epochs), ("unet", args.unet_epochs or args.epochs)):
+    runs: tuple[tuple[ModelName, int], ...] = (
+        ("atlasnet", args.epochs),
+        ("unet", args.unet_epochs or args.epochs),
+    )
+    for model, epochs in runs:
         if args.train_only not in (None, model):
             continue
         folder = work / "models" / model
+        config = TrainConfig(
+            model=model,
+            epochs=epochs,
+            decoder_upsampling=args.decoder_upsampling if model == "atlasnet" else "indices",
+            **common,  # type: ignore[arg-type]
+        )
         if args.retrain or not (folder / "metadata.json").is_file():
             start = time.perf_counter()
-            config = TrainConfig(model=model, epochs=epochs, **common)  # type: ignore[arg-type]
             reports[model] = train_model(train_set, config, folder, log=_log).metadata.validation
             timings[f"train_{model}"] = time.perf_counter() - start
         else:
-            reports[model] = json.loads((folder / "metadata.json").read_text())["validation"]
+            metadata = json.loads((folder / "metadata.json").read_text())
+            changed = changed_options(metadata["training"].get("config", {}), config)
+            if changed:
+                parser.error(
+                    f"{folder} was trained with other options ({', '.join(changed)}); "
+                    "use another --work, or --retrain"
+                )
+            reports[model] = metadata["validation"]
     if args.train_only:
         return 0
 

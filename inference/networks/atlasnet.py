@@ -4,9 +4,11 @@ One encoder, two identical decoders: one predicts the lung (background / lung), 
 disease (background / ILD). The encoder has five blocks of two ``conv 3x3 → batch norm → ReLU``;
 the first block lifts the input to ``64`` channels and each further block doubles them (``1024``
 at the bottom). Max-pooling (2x2) follows every block but the last, so the bottleneck is at
-1/16 of the input resolution. Each decoder mirrors the encoder; like SegNet it upsamples with the
-encoder's max-pooling indices (``MaxUnpool2d``) rather than with learned or interpolated
-upsampling, then refines with ``conv → BN → ReLU`` blocks and ends with a 1x1 convolution.
+1/16 of the input resolution. Each decoder mirrors the encoder and ends with a 1x1 convolution;
+each level upsamples x2, then refines with ``conv → BN → ReLU`` blocks. How it upsamples is
+``upsampling``: ``"indices"`` (default) as SegNet, with the encoder's max-pooling indices
+(``MaxUnpool2d``); ``"nearest"`` as the paper's Keras code words it ("upsampling layers",
+``UpSampling2D``: each value repeated 2x2).
 
 Tensors are ``[N, C, H, W]`` = ``[batch, channel, j (row), i (column)]`` of axial slices;
 ``H`` and ``W`` must be multiples of ``2 ** (depth - 1)``.
@@ -16,6 +18,8 @@ so that tests and CPU users can run the same architecture cheaply.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -70,17 +74,28 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+Upsampling = Literal["indices", "nearest"]
+UPSAMPLING_MODES: tuple[Upsampling, ...] = ("indices", "nearest")
+
+
 class SegNetDecoder(nn.Module):
-    """One decoding branch: ``reduce → unpool (encoder indices) → block`` per level, then 1x1.
+    """One decoding branch: ``reduce → upsample x2 → block`` per level, then 1x1.
 
     Args:
         channels: encoder block channels, shallow to deep (``[64, 128, 256, 512, 1024]``).
         classes: output channels (logits).
         convs: conv-BN-ReLU per block.
+        upsampling: ``"indices"`` (unpool with the encoder's max-pooling indices) or
+            ``"nearest"`` (repeat each value 2x2).
     """
 
-    def __init__(self, channels: list[int], classes: int, convs: int = 2) -> None:
+    def __init__(
+        self, channels: list[int], classes: int, convs: int = 2, upsampling: Upsampling = "indices"
+    ) -> None:
         super().__init__()
+        if upsampling not in UPSAMPLING_MODES:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+        self.upsampling = upsampling
         levels = len(channels) - 1
         # Level b (deep to shallow): bring c[b+1] down to c[b] at the coarse size so the unpooling
         # indices (recorded on c[b] channels) apply, unpool, then refine at the finer size.
@@ -99,7 +114,10 @@ class SegNetDecoder(nn.Module):
         x = bottom
         for b in reversed(range(len(self.reduce))):
             x = self.reduce[b](x)
-            x = self.unpool(x, indices[b], output_size=sizes[b])
+            if self.upsampling == "indices":
+                x = self.unpool(x, indices[b], output_size=sizes[b])
+            else:
+                x = nn.functional.interpolate(x, size=sizes[b], mode="nearest")
             x = self.refine[b](x)
         logits: torch.Tensor = self.head(x)
         return logits
@@ -116,6 +134,7 @@ class DualDecoderSegNet(nn.Module):
         convs_per_block: conv-BN-ReLU per block (paper: 2).
         lung_classes: lung decoder classes (2: background, lung).
         disease_classes: disease decoder classes (2: background, ILD).
+        upsampling: how the decoders upsample (see :class:`SegNetDecoder`).
 
     ``forward(x)`` takes ``[N, in_channels, H, W]`` and returns ``(lung_logits,
     disease_logits)``, each ``[N, classes, H, W]``.
@@ -134,6 +153,7 @@ class DualDecoderSegNet(nn.Module):
         convs_per_block: int = 2,
         lung_classes: int = 2,
         disease_classes: int = 2,
+        upsampling: Upsampling = "indices",
     ) -> None:
         super().__init__()
         if in_channels < 1 or lung_classes < 2 or disease_classes < 2:
@@ -146,8 +166,8 @@ class DualDecoderSegNet(nn.Module):
             for b in range(depth)
         )
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
-        self.lung_decoder = SegNetDecoder(channels, lung_classes, convs_per_block)
-        self.disease_decoder = SegNetDecoder(channels, disease_classes, convs_per_block)
+        self.lung_decoder = SegNetDecoder(channels, lung_classes, convs_per_block, upsampling)
+        self.disease_decoder = SegNetDecoder(channels, disease_classes, convs_per_block, upsampling)
         init_weights(self)
 
     @property

@@ -45,7 +45,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from inference.networks.atlasnet import DualDecoderSegNet
+from inference.networks.atlasnet import UPSAMPLING_MODES, DualDecoderSegNet, Upsampling
 from inference.networks.losses import (
     PAPER_DISEASE_WEIGHTS,
     PAPER_LUNG_WEIGHTS,
@@ -95,6 +95,8 @@ class TrainConfig:
         in_plane_size: network slice size, pixels (square; a multiple of 16).
         width: channel multiplier (1.0: the paper's 64→1024).
         templates: AtlasNet templates / networks (paper: 6).
+        decoder_upsampling: how AtlasNet's decoders upsample (``"indices"``, SegNet's pooling
+            indices; ``"nearest"``, the paper's Keras upsampling layers).
         epochs: passes over the training slices, per network.
         batch_size: slices per SGD step.
         learning_rate, momentum, weight_decay: SGD (paper: 0.01, 0.9, 5e-4).
@@ -118,6 +120,7 @@ class TrainConfig:
     in_plane_size: int = 256
     width: float = 0.125
     templates: int = 6
+    decoder_upsampling: Upsampling = "indices"
     epochs: int = 40
     batch_size: int = 8
     learning_rate: float = 0.01
@@ -160,6 +163,11 @@ class TrainConfig:
             raise ValueError(f"in_plane_size must be a multiple of 16, got {self.in_plane_size}")
         if self.epochs < 1 or self.batch_size < 1 or self.templates < 1:
             raise ValueError("epochs, batch_size and templates must be at least 1")
+        if self.decoder_upsampling not in UPSAMPLING_MODES:
+            raise ValueError(
+                f"decoder_upsampling must be one of {UPSAMPLING_MODES}, "
+                f"got {self.decoder_upsampling!r}"
+            )
         if self.template_margin_mm is not None and self.template_margin_mm < 0:
             raise ValueError(f"template_margin_mm must be >= 0, got {self.template_margin_mm}")
         if self.lr_decrease_every < 1 or not self.learning_rate > 0:
@@ -599,6 +607,7 @@ def train_atlasnet(
         "base_channels": 64,
         "depth": 5,
         "width": config.width,
+        "upsampling": config.decoder_upsampling,
     }
     networks: list[nn.Module] = []
     templates: list[AtlasTemplate] = []

@@ -36,13 +36,31 @@ def test_segnet_has_five_double_conv_blocks_and_four_poolings() -> None:
     assert net.size_multiple == 16  # four 2x2 poolings
 
 
+@pytest.mark.parametrize("upsampling", ["indices", "nearest"])
 @pytest.mark.parametrize("size", [32, 48])
-def test_segnet_returns_lung_and_disease_logits_at_input_size(size: int) -> None:
-    net = DualDecoderSegNet(width=TINY).eval()
+def test_segnet_returns_lung_and_disease_logits_at_input_size(size: int, upsampling: str) -> None:
+    net = DualDecoderSegNet(width=TINY, upsampling=upsampling).eval()  # type: ignore[arg-type]
     with torch.no_grad():
         lung, disease = net(torch.randn(2, 1, size, size))
     assert lung.shape == (2, 2, size, size)
     assert disease.shape == (2, 2, size, size)
+
+
+@pytest.mark.parametrize("upsampling", ["indices", "nearest"])
+def test_decoders_unpool_at_the_pooling_indices_or_repeat_each_value(upsampling: str) -> None:
+    net = DualDecoderSegNet(width=TINY, upsampling=upsampling).eval()  # type: ignore[arg-type]
+    seen: list[torch.Tensor] = []
+    net.disease_decoder.refine[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        net(torch.randn(1, 1, 32, 32))
+    upsampled = seen[0]  # the last x2 upsampling, [1, C, 32, 32]
+    blocks = upsampled.reshape(*upsampled.shape[:2], 16, 2, 16, 2).permute(0, 1, 2, 4, 3, 5)
+    blocks = blocks.reshape(*upsampled.shape[:2], 16, 16, 4)
+    assert upsampled.abs().sum() > 0
+    if upsampling == "indices":  # one value per 2x2 cell, where the encoder's maximum was
+        assert int((blocks != 0).sum(-1).max()) == 1
+    else:  # the coarse value in all four
+        assert torch.equal(blocks, blocks[..., :1].expand_as(blocks))
 
 
 def test_the_two_decoders_are_separate_branches() -> None:
@@ -65,8 +83,10 @@ def test_sizes_that_cannot_be_pooled_four_times_are_refused(factory: type) -> No
         factory(width=TINY)(torch.randn(1, 1, 40, 40))
 
 
-@pytest.mark.parametrize("bad", [{"width": 0.0}, {"depth": 0}, {"base_channels": 0}])
-def test_bad_hyper_parameters_are_refused(bad: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "bad", [{"width": 0.0}, {"depth": 0}, {"base_channels": 0}, {"upsampling": "bilinear"}]
+)
+def test_bad_hyper_parameters_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         DualDecoderSegNet(**bad)  # type: ignore[arg-type]
 

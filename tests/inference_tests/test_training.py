@@ -183,6 +183,12 @@ def test_the_learning_rate_follows_the_papers_steps() -> None:
     assert (config.momentum, config.weight_decay) == (0.9, 5e-4)
 
 
+def test_an_unknown_decoder_upsampling_is_refused() -> None:
+    assert TrainConfig(decoder_upsampling="nearest").decoder_upsampling == "nearest"
+    with pytest.raises(ValueError, match="decoder_upsampling"):
+        TrainConfig(decoder_upsampling="bilinear")  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("models")
@@ -209,6 +215,10 @@ def test_training_writes_weights_and_metadata(trained: dict[str, Path], model: s
         assert len(data["templates"]) == 2
         assert data["registration"]["spacing_mm"] == 12.0
         assert len(data["validation"]["per_template"]) == 2
+        # The decoders' upsampling is a hyper-parameter the engine rebuilds the networks with.
+        assert data["network"]["hyperparameters"]["upsampling"] == "indices"
+        for network in AtlasNetEngine.from_folder(folder).networks:
+            assert network.disease_decoder.upsampling == "indices"
         # The templates were cut to their lungs and 10 mm: finer pixels than the cases'.
         assert data["training"]["config"]["template_margin_mm"] == 10.0
         case_spacing = load_dataset(trained["cohort"]).cases[0].ct.spacing_mm
