@@ -78,6 +78,25 @@ def _median_iqr(values: list[float]) -> dict[str, float]:
     }
 
 
+def ensure_cohorts(work: Path, args: argparse.Namespace) -> str | None:
+    """Write the training and held-out phantom cohorts under ``work`` (``train``, ``test``)
+    unless there; what is wrong when a folder holds another cohort."""
+    shape = (args.slices, args.size, args.size)
+    for name, patients, seed in (
+        ("train", args.train_patients, args.train_seed),
+        ("test", args.test_patients, args.test_seed),
+    ):
+        manifest = work / name / "cohort.json"
+        if manifest.is_file():
+            existing = json.loads(manifest.read_text())
+            if existing.get("shape_kji") != list(shape) or existing.get("seed") != seed:
+                return f"{work / name} holds another cohort; use another --work"
+        else:
+            _log(f"writing {name} cohort: {patients} patients, seed {seed}, {shape}")
+            write_cohort(work / name, patients=patients, seed=seed, shape_kji=shape, followup=False)
+    return None
+
+
 def changed_options(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
     """The training options of ``config`` that a model folder's recorded config lacks or
     holds another value for (where the run executes, device and threads, aside)."""
@@ -223,20 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     timings: dict[str, float] = {}
-    shape = (args.slices, args.size, args.size)
     start = time.perf_counter()
-    for name, patients, seed in (
-        ("train", args.train_patients, args.train_seed),
-        ("test", args.test_patients, args.test_seed),
-    ):
-        manifest = work / name / "cohort.json"
-        if manifest.is_file():
-            existing = json.loads(manifest.read_text())
-            if existing.get("shape_kji") != list(shape) or existing.get("seed") != seed:
-                parser.error(f"{work / name} holds another cohort; use another --work")
-        else:
-            _log(f"writing {name} cohort: {patients} patients, seed {seed}, {shape}")
-            write_cohort(work / name, patients=patients, seed=seed, shape_kji=shape, followup=False)
+    problem = ensure_cohorts(work, args)
+    if problem:
+        parser.error(problem)
     timings["cohorts"] = time.perf_counter() - start
     train_set = load_dataset(work / "train")
     test_set = load_dataset(work / "test")
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     label_unet = f"U-Net (width {args.width:g})"
     print()
     print(
-        f"Held-out phantoms: {len(test_set.cases)} CTs {shape} (seed {args.test_seed}); "
+        f"Held-out phantoms: {len(test_set.cases)} CTs {(args.slices, args.size, args.size)} (seed {args.test_seed}); "
         f"trained on {len(train_set.cases)} (seed {args.train_seed}), {args.epochs} epochs"
     )
     print(

@@ -431,7 +431,8 @@ def fit(
     return history
 
 
-def _atlasnet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
+def atlasnet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
+    """``loss_of`` for :func:`fit`: the dual-decoder network's :class:`AtlasNetLoss`."""
     criterion = AtlasNetLoss(config.lung_weights, config.disease_weights, config.term_weights)
 
     def loss_of(
@@ -443,7 +444,8 @@ def _atlasnet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
     return loss_of
 
 
-def _unet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
+def unet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
+    """``loss_of`` for :func:`fit`: the U-Net's weighted cross-entropy over its 3 classes."""
     def loss_of(
         network: nn.Module, images: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
@@ -578,7 +580,8 @@ def _version(model: str, digest: str, seed: int) -> str:
     return f"{model}-{TRAINING_VERSION}+{digest.removeprefix('sha256:')[:12]}.s{seed}"
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed torch's generators (and make cuDNN deterministic) before building a network."""
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -646,13 +649,13 @@ def train_atlasnet(
                 train_parts.append(part)
         seconds["register"] += time.perf_counter() - start
         start = time.perf_counter()
-        _seed_everything(config.seed * 1000 + t)
+        seed_everything(config.seed * 1000 + t)
         network = DualDecoderSegNet(**hyper)
         slices = SliceSet.concat(train_parts).keep_annotated()
         history = fit(
             network,
             slices,
-            _atlasnet_loss(config),
+            atlasnet_loss(config),
             config,
             seed=config.seed * 1000 + t,
             log=log,
@@ -778,13 +781,13 @@ def train_unet(
     slices = SliceSet.concat([case_slices(c, size) for c in training]).keep_annotated()
     if len(slices) == 0:
         raise ValueError("no annotated training slices")
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     network = UNet2D(**hyper)
     augmentation = RigidAugmentation(config.max_rotation_deg, config.max_translation_px)
     history = fit(
         network,
         slices,
-        _unet_loss(config),
+        unet_loss(config),
         config,
         seed=config.seed,
         augmentation=augmentation,
