@@ -222,7 +222,10 @@ def body_mask(
         ``bool`` ``[k, j, i]``; all False when there is no tissue.
     """
     tissue = np.asarray(hu) > threshold_hu
-    labels, count = ndimage.label(tissue)
+    try:  # 16-bit labels halve the largest array of a 400 x 512 x 512 CT (210 MB, not 420)
+        labels, count = ndimage.label(tissue, output=np.uint16)
+    except RuntimeError:  # more than 65 535 specks of tissue
+        labels, count = ndimage.label(tissue)
     if count == 0:
         return np.zeros(tissue.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from inference.networks.atlasnet import DualDecoderSegNet, scaled_channels
 from inference.networks.losses import (
@@ -181,3 +183,23 @@ def test_removing_class_weights_gives_back_the_unweighted_probabilities() -> Non
         remove_class_weights(shifted[:, :2], weights, axis=1)
     with pytest.raises(ValueError, match="positive"):
         remove_class_weights(shifted, (1.0, 0.0, 2.0), axis=1)
+
+
+@pytest.mark.parametrize("specks", [False, True])
+def test_the_body_is_the_largest_tissue_component_with_its_holes_filled(specks: bool) -> None:
+    from inference.networks.slicewise import body_mask
+
+    hu = np.full((96, 96, 96), -1000.0, np.float32)
+    hu[8:88, 20:76, 20:76] = 40.0  # the body
+    hu[8:88, 35:60, 30:45] = -850.0  # a lung inside it
+    hu[8:88, 85:90, 10:86] = 300.0  # the table, apart from the body
+    if specks:  # more than 65 535 one-voxel specks of tissue in the air: 32-bit labels
+        k, j, i = np.indices(hu.shape)
+        checker = (k + j + i) % 2 == 0  # no two share a face
+        air = (k < 6) | (k >= 90) | (j < 14)
+        hu[checker & air] = 100.0
+        assert ndimage.label(hu > -500)[1] > 65_535
+    body = body_mask(hu)
+    expected = np.zeros(hu.shape, bool)
+    expected[8:88, 20:76, 20:76] = True
+    assert np.array_equal(body, expected)
