@@ -5,7 +5,8 @@ Usage::
     python -m inference.train_segmentation DATASET --model {atlasnet,unet} [--out DIR]
         [--preset {cpu,paper}] [--size PX] [--width W] [--templates N] [--epochs E]
         [--batch-size B] [--lr-decrease-every E] [--seed S] [--device auto|cpu|cuda]
-        [--registration-spacing MM] [--template-margin MM|none] [--validation-fraction F]
+        [--registration-spacing MM] [--template-margin MM|none]
+        [--decoder-upsampling {indices,nearest}] [--validation-fraction F]
         [--timepoints baseline[,followup]]
 
 ``DATASET`` is a phantom cohort (``python -m inference.phantoms --out DIR --patients N --seed S``)
@@ -23,6 +24,11 @@ Presets (any option given explicitly overrides them):
 * ``paper``: 512 px, width 1 (64→1024), 6 templates, registration on a 3 mm grid with the
   backend's default iterations, 50 epochs lowered every 10, templates over the whole field of
   view — a GPU workload.
+
+AtlasNet's decoders upsample with the encoder's max-pooling indices, as SegNet does
+(``--decoder-upsampling indices``, both presets); ``nearest`` repeats each value 2x2, as the
+paper's Keras "upsampling layers" may be read (it scores lower on the phantoms, see
+``benchmarks/README.md``).
 
 Exit status: 0 on success, 2 for bad arguments, 4 when the dataset cannot be used.
 """
@@ -91,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="AtlasNet templates cover their lungs and this margin, mm; 'none': the whole field",
     )
+    parser.add_argument(
+        "--decoder-upsampling",
+        choices=("indices", "nearest"),
+        default="indices",
+        help="AtlasNet decoders: SegNet's max-pooling indices, or nearest (2x2 repeat)",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument(
         "--timepoints", default="baseline", help="phantom cohorts: baseline[,followup]"
@@ -146,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         in_plane_size=int(_pick(args.size, preset, "in_plane_size")),
         width=float(_pick(args.width, preset, "width")),
         templates=int(_pick(args.templates, preset, "templates")),
+        decoder_upsampling=args.decoder_upsampling,
         epochs=int(_pick(args.epochs, preset, "epochs")),
         batch_size=int(_pick(args.batch_size, preset, "batch_size")),
         lr_decrease_every=int(_pick(args.lr_decrease_every, preset, "lr_decrease_every")),

@@ -446,6 +446,7 @@ def atlasnet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
 
 def unet_loss(config: TrainConfig) -> Callable[..., torch.Tensor]:
     """``loss_of`` for :func:`fit`: the U-Net's weighted cross-entropy over its 3 classes."""
+
     def loss_of(
         network: nn.Module, images: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:

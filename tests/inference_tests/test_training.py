@@ -388,6 +388,14 @@ def test_the_cli_sets_the_template_margin_from_its_preset_or_option(
     assert train_segmentation.config_from_args(args).template_margin_mm == margin
 
 
+@pytest.mark.parametrize(
+    ("argv", "mode"), [([], "indices"), (["--decoder-upsampling", "nearest"], "nearest")]
+)
+def test_the_cli_sets_how_the_decoders_upsample(argv: list[str], mode: str) -> None:
+    args = train_segmentation.build_parser().parse_args(["data", "--device", "cpu", *argv])
+    assert train_segmentation.config_from_args(args).decoder_upsampling == mode
+
+
 def test_the_cli_refuses_a_negative_template_margin(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         train_segmentation.build_parser().parse_args(["data", "--template-margin", "-1"])
