@@ -65,28 +65,30 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def labels_at(
-    network: torch.nn.Module, slices: SliceSet, config: TrainConfig, cut: float
-) -> np.ndarray:
-    """0/1/2 labels of ``network`` on ``slices`` at ILD cut ``cut`` (prior removed); 0 where
-    a slice is not annotated."""
-    spec = InputSpec(in_plane_size=(config.in_plane_size,) * 2, hu_window=config.hu_window)
-    out = predict_slices(network, spec.normalise(slices.hu), device=config.device)
-    if config.model == "unet":
-        p = np.asarray(remove_class_weights(out[0], config.unet_class_weights))
-        lung, disease = p[1] + p[2] >= 0.5, p[2] >= cut
-    else:
-        lung = np.asarray(remove_class_weights(out[0], config.lung_weights))[1] >= 0.5
-        disease = np.asarray(remove_class_weights(out[1], config.disease_weights))[1] >= cut
-    labels = np.where(lung & disease, 2, np.where(lung, 1, 0))
-    return np.where(slices.valid, labels, 0).astype(np.uint8)
+class Scorer:
+    """A trained network's prior-corrected probabilities on ``slices``, computed once, scored
+    at any ILD cut."""
 
+    def __init__(self, network: torch.nn.Module, slices: SliceSet, config: TrainConfig) -> None:
+        spec = InputSpec(in_plane_size=(config.in_plane_size,) * 2, hu_window=config.hu_window)
+        out = predict_slices(network, spec.normalise(slices.hu), device=config.device)
+        if config.model == "unet":
+            p = np.asarray(remove_class_weights(out[0], config.unet_class_weights))
+            self.lung, self.disease = p[1] + p[2] >= 0.5, p[2]
+        else:
+            self.lung = np.asarray(remove_class_weights(out[0], config.lung_weights))[1] >= 0.5
+            self.disease = np.asarray(remove_class_weights(out[1], config.disease_weights))[1]
+        self.valid = slices.valid
+        self.truth = np.where(slices.valid, slices.labels, 0).astype(np.uint8)
 
-def score(
-    network: torch.nn.Module, slices: SliceSet, config: TrainConfig, cut: float
-) -> dict[str, Any]:
-    truth = np.where(slices.valid, slices.labels, 0).astype(np.uint8)
-    return slice_dice_summary([labels_at(network, slices, config, cut)], [truth])
+    def labels_at(self, cut: float) -> np.ndarray:
+        """0/1/2 labels at ILD cut ``cut``; 0 where a slice is not annotated."""
+        ild = self.lung & (self.disease >= cut)
+        labels = np.where(ild, 2, np.where(self.lung, 1, 0))
+        return np.where(self.valid, labels, 0).astype(np.uint8)
+
+    def score(self, cut: float) -> dict[str, Any]:
+        return slice_dice_summary([self.labels_at(cut)], [self.truth])
 
 
 def run_cell(
@@ -139,12 +141,12 @@ def run_cell(
     seconds = time.perf_counter() - start
     network.eval()
     validation_slices = slices_of(validation)
+    on_validation = Scorer(network, validation_slices, config)
     tried = {
-        cut: score(network, validation_slices, config, cut)["dice_ild_median_slice"]
-        for cut in config.ild_thresholds
+        cut: on_validation.score(cut)["dice_ild_median_slice"] for cut in config.ild_thresholds
     }
     cut = max(tried, key=lambda c: (tried[c], -abs(c - 0.5)))
-    result = score(network, slices_of(held_out.cases), config, cut)
+    result = Scorer(network, slices_of(held_out.cases), config).score(cut)
     return {
         "architecture": architecture,
         "width": width,

@@ -97,6 +97,9 @@ def ensure_cohorts(work: Path, args: argparse.Namespace) -> str | None:
     return None
 
 
+_MISSING = object()
+
+
 def changed_options(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
     """The training options of ``config`` that a model folder's recorded config lacks or
     holds another value for (where the run executes, device and threads, aside)."""
@@ -106,9 +109,6 @@ def changed_options(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
         for key, value in wanted.items()
         if key not in ("device", "threads") and recorded.get(key, _MISSING) != value
     )
-
-
-_MISSING = object()
 
 
 def _fmt(stat: dict[str, float], digits: int = 2) -> str:
@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     label_unet = f"U-Net (width {args.width:g})"
     print()
     print(
-        f"Held-out phantoms: {len(test_set.cases)} CTs {(args.slices, args.size, args.size)} (seed {args.test_seed}); "
+        f"Held-out phantoms: {len(test_set.cases)} CTs {test_set.cases[0].ct.shape_kji} "
+        f"(seed {args.test_seed}); "
         f"trained on {len(train_set.cases)} (seed {args.train_seed}), {args.epochs} epochs"
     )
     print(
